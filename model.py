@@ -279,11 +279,25 @@ class GPT(nn.Module):
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
-    def from_hf(cls, hf):
+    def from_checkpoint(cls, path, device='cpu'):
+        """(model, checkpoint dict) from a train.py ckpt.pt; anything else is a one-line error."""
+        try:
+            ckpt = torch.load(path, map_location=device, weights_only=False)
+            model = cls(GPTConfig(**ckpt['model_args']))
+            model.load_state_dict(ckpt['model'])
+        except FileNotFoundError:
+            raise SystemExit(f"error: no checkpoint at {path}")
+        except Exception as e:
+            raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); point to an out_dir/ckpt.pt")
+        return model.to(device), ckpt
+
+    @classmethod
+    def from_hf(cls, hf, dropout=0.0):
         """A standard-attention GPT with the weights of a transformers GPT2LMHeadModel."""
         c = hf.config
         config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
-                           n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True)
+                           n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True)
         model = cls(config)
         sd, sd_hf = model.state_dict(), hf.state_dict()
         keys = [k for k in sd if k in sd_hf]
@@ -301,9 +315,7 @@ class GPT(nn.Module):
     def from_pretrained(cls, name, dropout=0.0):
         """'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' (or a local directory) via transformers."""
         from transformers import GPT2LMHeadModel
-        model = cls.from_hf(GPT2LMHeadModel.from_pretrained(name))
-        model.config.dropout = dropout
-        return model
+        return cls.from_hf(GPT2LMHeadModel.from_pretrained(name), dropout)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices (and the S−D generators), not on biases, norms, the filter."""

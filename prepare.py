@@ -100,7 +100,7 @@ def split_point(text):
     for sep in "\n ":
         i = text.rfind(sep)
         while i > 0 and text[i - 1].isspace():
-            i = text.rfind(sep, 0, i - 1)
+            i = text.rfind(sep, 0, i)
         if i > 0:
             return i
     return 0
@@ -111,26 +111,29 @@ def tokenize_files(paths, out_path, enc):
     n, max_id = 0, 0
     pbar = tqdm(total=sum(os.path.getsize(p) for p in paths), unit="B", unit_scale=True, desc="tokenizing", disable=None)
     with open(out_path, "wb") as out:
-        def write(ids_list):
+        def write(texts):
             nonlocal n, max_id
-            for ids in ids_list:
+            for ids in enc.encode_ordinary_batch(texts, num_threads=NPROC):
                 if ids:
-                    out.write(np.array(ids, dtype=np.uint16).tobytes())
-                    n, max_id = n + len(ids), max(max_id, max(ids))
+                    a = np.array(ids, dtype=np.uint16)
+                    a.tofile(out)
+                    n, max_id = n + len(a), max(max_id, int(a.max()))
+            pbar.update(sum(len(t.encode()) for t in texts))
         for k, path in enumerate(paths):
             batch, buf = [], ""
             for text in read_text(path):
                 buf += text
-                cut = split_point(buf) if text else len(buf)
+                cut = split_point(buf)
                 if cut:
                     batch.append(buf[:cut])
                     buf = buf[cut:]
-                if len(batch) >= 2 * NPROC or not text:
-                    write(enc.encode_ordinary_batch(batch, num_threads=NPROC))
-                    pbar.update(sum(len(s.encode()) for s in batch))
+                if len(batch) >= 2 * NPROC:
+                    write(batch)
                     batch = []
+            write(batch + [buf])
             if k < len(paths) - 1:
-                write([[enc.eot_token]])
+                np.array([enc.eot_token], dtype=np.uint16).tofile(out)
+                n, max_id = n + 1, max(max_id, enc.eot_token)
     pbar.close()
     return n, max_id
 
@@ -279,4 +282,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted; nothing was written")
+    except OSError as e:  # disk full, permissions, a file where a folder should be, ...
+        sys.exit(f"error: {e}; nothing was written")

@@ -15,12 +15,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 
-import numpy as np
 import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import data
 from configurator import configure
 from model import GPT, GPTConfig
 
@@ -111,29 +111,17 @@ autocast = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_
 
 # data -------------------------------------------------------------------------
 data_dir = os.path.join(data_root, dataset)
-for split in ('train', 'val'):
-    if not os.path.exists(os.path.join(data_dir, f'{split}.bin')):
-        fail(f"{data_dir}/{split}.bin not found: run `python prepare.py {dataset}` "
-             f"(or `python prepare.py --input FILE --name {dataset}`), or set --data_root")
-meta = {}
-if os.path.exists(os.path.join(data_dir, 'meta.json')):
-    with open(os.path.join(data_dir, 'meta.json')) as f:
-        meta = json.load(f)
-data_len = {s: os.path.getsize(os.path.join(data_dir, f'{s}.bin')) // 2 for s in ('train', 'val')}
-if min(data_len.values()) <= block_size:
+splits = {split: data.open_split(data_root, dataset, split) for split in ('train', 'val')}
+meta = data.read_meta(data_root, dataset)
+if min(len(d) for d in splits.values()) <= block_size:
     fail(f"block_size={block_size} needs more than {block_size} tokens, but {data_dir} has "
-         f"{data_len['train']} train / {data_len['val']} val tokens: lower --block_size or prepare more data")
+         f"{len(splits['train'])} train / {len(splits['val'])} val tokens: lower --block_size or prepare more data")
 
 
 def get_batch(split, it, micro):
-    """Batch `micro` of iteration `it`: random windows drawn from an RNG seeded by (seed, split, it,
-    micro), so the data order depends on nothing else (exact resume; the same global batch for any
-    number of DDP processes)."""
-    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
-    rng = np.random.default_rng([seed, split == 'val', it + 1, micro])   # it = -1: evaluation
-    ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
-    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in ix]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
+    """Batch `micro` of iteration `it` (-1: evaluation), seeded by (seed, split, it, micro) alone: exact
+    resume, and the same global batch for any number of DDP processes."""
+    x, y = data.get_batch(splits[split], batch_size, block_size, [seed, split == 'val', it + 1, micro])
     if device_type == 'cuda':
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x, y
@@ -149,19 +137,13 @@ ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if meta.get('max_token_id', 0) >= model_args['vocab_size']:
     fail(f"{data_dir} has token id {meta['max_token_id']} outside the vocabulary ({model_args['vocab_size']})")
 if init_from == 'resume':
-    try:
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
-        saved_args = checkpoint['model_args']
-    except FileNotFoundError:
+    if not os.path.exists(ckpt_path):
         fail(f"no checkpoint at {ckpt_path} to resume from: train with --init_from=scratch first")
-    except Exception as e:
-        fail(f"{ckpt_path} is not a readable checkpoint ({type(e).__name__}); delete it or point --out_dir elsewhere")
-    differ = [k for k in model_args if k != 'dropout' and saved_args.get(k) != model_args[k]]
+    model, checkpoint = GPT.from_checkpoint(ckpt_path, device)
+    differ = [k for k in model_args if checkpoint['model_args'].get(k) != model_args[k]]
     if differ:
         fail("the config's model shape differs from the checkpoint's: " +
-             ', '.join(f"{k}={model_args[k]!r} vs saved {saved_args.get(k)!r}" for k in differ))
-    model = GPT(GPTConfig(**model_args))
-    model.load_state_dict(checkpoint['model'])
+             ', '.join(f"{k}={model_args[k]!r} vs saved {checkpoint['model_args'].get(k)!r}" for k in differ))
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
 elif init_from.startswith('gpt2'):
     model = GPT.from_pretrained(init_from, dropout=dropout)

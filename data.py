@@ -1,0 +1,32 @@
+"""Token files written by prepare.py: data/<dataset>/{train,val}.bin (uint16) and meta.json."""
+import json
+import os
+
+import numpy as np
+import torch
+
+
+def open_split(data_root, dataset, split):
+    """The token ids of one split as a read-only memmap; a missing file is a one-line error."""
+    path = os.path.join(data_root, dataset, f'{split}.bin')
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path} not found: run `python prepare.py {dataset}` (or `python prepare.py "
+                         f"--input FILE --name {dataset}`), or set --data_root")
+    return np.memmap(path, dtype=np.uint16, mode='r')
+
+
+def read_meta(data_root, dataset):
+    path = os.path.join(data_root, dataset, 'meta.json')
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def get_batch(data, batch_size, block_size, seed):
+    """batch_size random windows (x, y = x shifted by one) drawn by an RNG seeded with `seed` (an int or
+    a list of ints): the same seed gives the same batch, whatever happened before."""
+    ix = np.random.default_rng(seed).integers(0, len(data) - block_size - 1, size=batch_size)
+    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in ix]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
+    return x, y
