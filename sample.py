@@ -1,0 +1,46 @@
+"""
+Sample from a trained checkpoint or a pretrained GPT-2:
+    python sample.py --out_dir=out/quick_sd --start="ROMEO:" --num_samples=3
+    python sample.py --init_from=gpt2 --start="FILE:prompt.txt"
+"""
+import os
+import sys
+
+import torch
+
+from configurator import configure
+from model import GPT
+from prepare import get_encoding
+
+init_from = 'resume'      # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-medium', ...)
+out_dir = 'out'
+start = '\n'              # prompt text, or "FILE:path" to read it from a file
+num_samples = 3
+max_new_tokens = 200
+temperature = 0.8
+top_k = 200
+seed = 1337
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, str))}
+configure(config)
+globals().update(config)
+
+torch.manual_seed(seed)
+if init_from == 'resume':
+    model, _ = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+else:
+    model = GPT.from_pretrained(init_from).to(device)
+model.eval()
+enc = get_encoding()
+if start.startswith('FILE:'):
+    with open(start[5:], encoding='utf-8') as f:
+        start = f.read()
+ids = enc.encode(start, allowed_special={'<|endoftext|>'}) or [enc.eot_token]
+if max(ids) >= model.config.vocab_size:
+    sys.exit(f"error: the prompt has token ids beyond this model's vocabulary ({model.config.vocab_size})")
+x = torch.tensor(ids, dtype=torch.long, device=device)[None, -model.config.block_size:]
+for _ in range(num_samples):
+    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
+    # a model trained from scratch on a padded vocabulary may emit the unused ids past GPT-2's 50257
+    print(enc.decode([t for t in y[0].tolist() if t < enc.n_vocab]))
+    print('---------------')
