@@ -79,7 +79,9 @@ def elu_linear_attention(q, k, v, chunk=64, state=None):
     B, H, T, d = q.shape
     dtype, C = v.dtype, min(chunk, T)
     pad = (-T) % C
-    q, k, v = (F.pad(t.float(), (0, 0, 0, pad)) for t in (q, k, v))
+    q, k, v = (t.float() for t in (q, k, v))
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     q, k = F.elu(q) + 1, F.elu(k) + 1
     if pad:  # padded keys must contribute nothing (phi(0) = 1, so zero them after phi)
         k[:, :, T:] = 0
@@ -177,9 +179,9 @@ class Attention(nn.Module):
     def flops_per_token(self, T):
         """Forward+backward FLOPs per token of the token mixing (the projections are counted as params)."""
         H, d = self.n_head, self.head_dim
-        if self.linear:   # intra-chunk scores and values, plus state update and read-out
-            return 3 * H * (4 * min(self.chunk, T) * d + 4 * d * d)
         sd_fold = 3 * H * 2 * d * d if self.kind == 'sd' else 0     # q = u @ L
+        if self.linear:   # intra-chunk scores and values, plus state update and read-out
+            return 3 * H * (4 * min(self.chunk, T) * d + 4 * d * d) + sd_fold
         return 3 * H * 4 * T * d + sd_fold
 
 
