@@ -33,7 +33,8 @@ def configure(defaults, argv=None):
                 with open(arg) as f:
                     code = f.read()
             except OSError as e:
-                raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}")
+                raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}; give the path of a config "
+                                 f"file (like config/quick_sd.py) or --key=value")
             scope = {}
             try:
                 exec(compile(code, arg, 'exec'), scope)

@@ -12,21 +12,29 @@ def open_split(data_root, dataset, split):
     if not os.path.exists(path):
         raise SystemExit(f"error: {path} not found: run `python prepare.py {dataset}` (or `python prepare.py "
                          f"--input FILE --name {dataset}`), or set --data_root")
-    return np.memmap(path, dtype=np.uint16, mode='r')
+    if os.path.getsize(path) == 0:   # np.memmap cannot map an empty file
+        return np.zeros(0, dtype=np.uint16)
+    try:
+        return np.memmap(path, dtype=np.uint16, mode='r')
+    except ValueError as e:   # e.g. an odd number of bytes
+        raise SystemExit(f"error: {path} is not a uint16 token file ({e}): run prepare.py again")
 
 
 def read_meta(data_root, dataset):
     path = os.path.join(data_root, dataset, 'meta.json')
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read {path} ({e}): run prepare.py again")
 
 
 def get_batch(data, batch_size, block_size, seed):
     """batch_size random windows (x, y = x shifted by one) drawn by an RNG seeded with `seed` (an int or
     a list of ints): the same seed gives the same batch, whatever happened before."""
-    ix = np.random.default_rng(seed).integers(0, len(data) - block_size - 1, size=batch_size)
+    ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window
     x = torch.from_numpy(np.stack([data[i:i + block_size] for i in ix]).astype(np.int64))
     y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
     return x, y

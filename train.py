@@ -4,7 +4,8 @@ Train a GPT with standard, S−D or ELU+1 attention (per layer). On one CPU or G
     python train.py config/sd_125m.py --batch_size=8 --compile=False
 On several GPUs (DDP):
     torchrun --standalone --nproc_per_node=8 train.py config/sd_125m.py
-Checkpoints are atomic and resumable (--init_from=resume continues exactly); see README.
+Checkpoints are atomic and resumable (--init_from=resume continues exactly); see README. SIGINT or
+SIGTERM saves a checkpoint and exits cleanly (a second one stops at once); a NaN/inf loss stops before saving.
 """
 import json
 import math
@@ -84,6 +85,13 @@ def fail(msg):
     sys.exit(1)
 
 
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    fail(f"dtype={dtype!r}: use 'float32', 'bfloat16' or 'float16'")
+for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval',
+          'n_layer', 'n_head', 'n_embd'):
+    if config[k] < 1:
+        fail(f"{k}={config[k]} must be at least 1")
+
 # distributed setup ----------------------------------------------------------
 ddp = int(os.environ.get('RANK', -1)) != -1
 if ddp:
@@ -103,6 +111,7 @@ lr_decay_iters = lr_decay_iters or max_iters
 device_type = 'cuda' if 'cuda' in device else 'cpu'
 torch.manual_seed(seed + rank)
 if deterministic:
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # required by deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -134,12 +143,19 @@ vocab = meta.get('vocab_size', 50257)
 model_args = {k: config[k] for k in model_keys} | {'vocab_size': 64 * math.ceil(vocab / 64)}
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-if meta.get('max_token_id', 0) >= model_args['vocab_size']:
-    fail(f"{data_dir} has token id {meta['max_token_id']} outside the vocabulary ({model_args['vocab_size']})")
+if meta.get('max_token_id', 0) >= vocab:
+    fail(f"{data_dir}/meta.json has token id {meta['max_token_id']} outside its vocabulary of {vocab}: "
+         f"prepare the data again with prepare.py")
+try:   # every init_from: a bad attention name or per-layer list is a one-line error before anything else
+    GPTConfig(**model_args)
+except ValueError as e:
+    fail(f"{e} (check the config)")
 if init_from == 'resume':
     if not os.path.exists(ckpt_path):
         fail(f"no checkpoint at {ckpt_path} to resume from: train with --init_from=scratch first")
     model, checkpoint = GPT.from_checkpoint(ckpt_path, device)
+    if not {'optimizer', 'iter_num', 'best_val_loss'} <= set(checkpoint):
+        fail(f"{ckpt_path} has no optimizer state (not written by train.py): train with --init_from=scratch")
     differ = [k for k in model_args if checkpoint['model_args'].get(k) != model_args[k]]
     if differ:
         fail("the config's model shape differs from the checkpoint's: " +
@@ -151,20 +167,20 @@ elif init_from.startswith('gpt2'):
         model.crop_block_size(block_size)
     model_args = {k: getattr(model.config, k) for k in model_args}
 elif init_from == 'scratch':
-    try:
-        model = GPT(GPTConfig(**model_args))
-    except ValueError as e:
-        fail(f"{e} (check the config)")
+    model = GPT(GPTConfig(**model_args))
 else:
     fail(f"init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name ('gpt2', 'gpt2-medium', ...)")
 model.to(device)
 n_attn, n_params = model.num_attention_params(), model.num_params()
 if master:
-    with torch.device('meta'):
-        uniform = GPT(GPTConfig(**(model_args | {'head_dim': None, 'sd_rank': None}))).num_attention_params()
+    try:
+        with torch.device('meta'):
+            uniform = GPT(GPTConfig(**(model_args | {'head_dim': None, 'sd_rank': None}))).num_attention_params()
+        share = f" ({100 * n_attn / uniform:.1f}% of the uniform-width, full-rank model of this shape)"
+    except ValueError:   # n_embd is not divisible by n_head: there is no uniform width
+        share = ''
     tqdm.write(f"parameters: {n_params / 1e6:.2f}M (non-embedding counts the tied token embedding); "
-               f"attention: {n_attn / 1e6:.2f}M ({100 * n_attn / uniform:.1f}% of the uniform-width, "
-               f"full-rank model of this shape); {tokens_per_iter:,} tokens per iteration")
+               f"attention: {n_attn / 1e6:.2f}M{share}; {tokens_per_iter:,} tokens per iteration")
 
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
@@ -182,7 +198,7 @@ def get_lr(it):
         return learning_rate
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
+    if it >= lr_decay_iters:
         return min_lr
     ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
@@ -209,9 +225,7 @@ def estimate_loss():
 def save_checkpoint():
     """Write to a temporary file, flush to disk, then atomically rename over ckpt.pt."""
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
-            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-            'rng': {'torch': torch.get_rng_state(),
-                    'cuda': torch.cuda.get_rng_state_all() if device_type == 'cuda' else None}}
+            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config}
     tmp = ckpt_path + '.tmp'
     with open(tmp, 'wb') as f:
         torch.save(ckpt, f)
@@ -226,18 +240,19 @@ if master:
     lines = []
     if init_from == 'resume' and os.path.exists(log_path):   # drop what was logged after the checkpoint
         with open(log_path) as f:
-            lines = [l for l in f if json.loads(l).get('iter', 0) < iter_num]
+            for line in f:
+                try:
+                    if json.loads(line)['iter'] < iter_num:
+                        lines.append(line.rstrip('\n') + '\n')
+                except (ValueError, KeyError, TypeError):   # e.g. a line cut short by a kill
+                    pass
     with open(log_path + '.tmp', 'w') as f:
         f.writelines(lines)
     os.replace(log_path + '.tmp', log_path)
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-if checkpoint is not None:   # restore the RNGs last: everything above may draw from them
-    torch.set_rng_state(checkpoint['rng']['torch'].cpu())
-    if device_type == 'cuda' and checkpoint['rng']['cuda'] is not None:
-        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint['rng']['cuda']])
-    checkpoint = None
+checkpoint = None   # free its memory
 
 
 def log(record):
@@ -247,21 +262,30 @@ def log(record):
         wandb.log(record)
 
 
+def on_signal(signum, frame):
+    """First SIGINT/SIGTERM: stop at the next check with a checkpoint; a second one kills at once."""
+    stop_signal.append(signum)
+    signal.signal(signum, signal.SIG_DFL)
+
+
 stop_signal = []
 for sig in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+    signal.signal(sig, on_signal)
 
 # training loop --------------------------------------------------------------------
 
 
 def check_finite():
-    """Stop, before anything is saved, if a loss since the last check was NaN or inf (one host sync)."""
-    if bad_iter.item() >= 0:
+    """Stop, before anything is saved, if a loss or gradient norm since the last check was NaN or inf (on any
+    process; one host sync)."""
+    if ddp:
+        torch.distributed.all_reduce(bad_iter, op=torch.distributed.ReduceOp.MIN)
+    if bad_iter.item() < sys.maxsize:
         fail(f"the loss became NaN or inf at iteration {bad_iter.item()}; {ckpt_path} keeps the last good "
              f"state: lower learning_rate or raise warmup_iters, then resume")
 
 
-bad_iter = torch.tensor(-1, device=device)   # first iteration with a non-finite loss
+bad_iter = torch.tensor(sys.maxsize, device=device)   # first iteration with a non-finite loss or gradient
 loss_sum = torch.zeros((), device=device)
 saved_iter = iter_num if init_from == 'resume' else -1
 t0, t_start, iters_since = time.time(), time.time(), 0
@@ -273,46 +297,8 @@ while True:
         stopping = flag.item() > 0
     else:
         stopping = bool(stop_signal) and not ddp
-    if iter_num % eval_interval == 0 or iter_num >= max_iters or stopping:
-        check_finite()
-        if iter_num % eval_interval == 0 or iter_num >= max_iters:
-            losses = estimate_loss()
-            best_val_loss = min(best_val_loss, losses['val'])
-            if master:
-                record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
-                          'val_ppl': math.exp(min(losses['val'], 50)), 'elapsed': time.time() - t_start}
-                log(record)
-                bar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                          f"val ppl {record['val_ppl']:.2f}")
-        if master and iter_num > 0 and iter_num != saved_iter and not eval_only:
-            save_checkpoint()
-        if stopping and master:
-            bar.write(f"stopped by signal at iteration {iter_num}; checkpoint saved to {ckpt_path}, "
-                      f"continue with --init_from=resume")
-        if stopping or eval_only or iter_num >= max_iters:
-            break
-
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group['lr'] = lr
-    for micro in range(micro_steps):
-        x, y = get_batch('train', iter_num, rank * micro_steps + micro)
-        if ddp:   # all-reduce gradients on the last micro-step only
-            model.require_backward_grad_sync = micro == micro_steps - 1
-        with autocast:
-            loss = model(x, y)[1] / micro_steps
-        loss.backward()
-        loss_sum += loss.detach()
-    if grad_clip != 0.0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    bad_iter = torch.where((bad_iter < 0) & ~torch.isfinite(loss_sum), iter_num, bad_iter)
-    iter_num += 1
-    iters_since += 1
-    bar.update(1)
-
-    if iter_num % log_interval == 0:
+    last = stopping or eval_only or iter_num >= max_iters
+    if iters_since and (iter_num % log_interval == 0 or last):   # mean loss of the iterations since the last line
         check_finite()
         if ddp:
             torch.distributed.all_reduce(loss_sum)
@@ -326,6 +312,54 @@ while True:
             bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
         loss_sum.zero_()
         t0, iters_since = time.time(), 0
+
+    if iter_num % eval_interval == 0 or last:
+        t_pause = time.time()
+        check_finite()
+        if iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only:
+            losses = estimate_loss()
+            if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
+                fail(f"the evaluation loss is NaN or inf at iteration {iter_num}; {ckpt_path} keeps the last good "
+                     f"state: lower learning_rate or raise warmup_iters, then resume")
+            best_val_loss = min(best_val_loss, losses['val'])
+            if master:
+                record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
+                          'val_ppl': math.exp(min(losses['val'], 50)), 'elapsed': time.time() - t_start}
+                log(record)
+                bar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                          f"val ppl {record['val_ppl']:.2f}")
+        if master and iter_num > 0 and iter_num != saved_iter and not eval_only:
+            save_checkpoint()
+            saved_iter = iter_num
+        if stopping and master:
+            bar.write(f"stopped by signal at iteration {iter_num}; " +
+                      (f"checkpoint saved to {ckpt_path}, continue with --init_from=resume" if iter_num > 0
+                       else "nothing to save yet"))
+        if last:
+            break
+        t0 += time.time() - t_pause   # tokens_per_s and mfu count training time only
+
+    torch.manual_seed(hash((seed, rank, iter_num)))   # dropout depends on (seed, rank, iteration) alone: exact resume
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    for micro in range(micro_steps):
+        x, y = get_batch('train', iter_num, rank * micro_steps + micro)
+        if ddp:   # all-reduce gradients on the last micro-step only
+            model.require_backward_grad_sync = micro == micro_steps - 1
+        with autocast:
+            loss = model(x, y)[1] / micro_steps
+        loss.backward()
+        loss_sum += loss.detach()
+    finite = torch.isfinite(loss_sum)
+    if grad_clip != 0.0:
+        finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    bad_iter = torch.where(finite, bad_iter, bad_iter.clamp(max=iter_num))
+    iter_num += 1
+    iters_since += 1
+    bar.update(1)
 
 bar.close()
 if ddp:

@@ -1,0 +1,63 @@
+"""Shared test fixtures: a tiny prepared dataset (real text, small vocabulary)."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# Tiny models on a busy 2-core machine: one intra-op thread per process is many times faster than two
+# threads fighting over the cores (set before torch is imported here or in any subprocess).
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+SHARED_TEXT = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare.txt')
+if not os.path.exists(SHARED_TEXT):
+    SHARED_TEXT = '/work/shared/data/tinyshakespeare.txt'
+
+
+def tokenize(text):
+    """GPT-2 BPE ids via prepare.get_encoding, renumbered densely (0..n-1 in order of id) so the model's
+    vocabulary stays small; byte ids (vocab 256) if prepare.py or its tokenizer is unavailable.
+    Returns (ids as uint16, vocab_size)."""
+    try:
+        from prepare import get_encoding
+        ids = np.array(get_encoding().encode_ordinary(text))
+    except (ImportError, OSError, SystemExit, RuntimeError, AttributeError):
+        return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.uint16), 256
+    used, ids = np.unique(ids, return_inverse=True)
+    return ids.astype(np.uint16), len(used)
+
+
+def write_dataset(root, name, ids, vocab_size, max_token_id=None, val_fraction=0.1):
+    """root/name/{train,val}.bin + meta.json, as prepare.py writes them; returns the directory."""
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    n = len(ids) - int(val_fraction * len(ids))
+    np.asarray(ids[:n], dtype=np.uint16).tofile(os.path.join(d, 'train.bin'))
+    np.asarray(ids[n:], dtype=np.uint16).tofile(os.path.join(d, 'val.bin'))
+    meta = {'vocab_size': int(vocab_size),
+            'max_token_id': int(ids.max()) if max_token_id is None else max_token_id,
+            'train_tokens': n, 'val_tokens': len(ids) - n}
+    with open(os.path.join(d, 'meta.json'), 'w') as f:
+        json.dump(meta, f)
+    return d
+
+
+@pytest.fixture(scope='session')
+def tiny_text():
+    """The first 100 KB of tiny shakespeare."""
+    if not os.path.exists(SHARED_TEXT):
+        pytest.skip(f'{SHARED_TEXT} not available')
+    with open(SHARED_TEXT, 'rb') as f:
+        return f.read(100_000).decode('utf-8', errors='ignore')
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory, tiny_text):
+    """A data_root holding dataset 'tiny' (~30k tokens, 90% train) for train.py --data_root=... --dataset=tiny."""
+    root = str(tmp_path_factory.mktemp('data'))
+    ids, vocab = tokenize(tiny_text)
+    write_dataset(root, 'tiny', ids, vocab)
+    return root
