@@ -156,10 +156,12 @@ if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(ckpt_path, device)
     if not {'optimizer', 'iter_num', 'best_val_loss'} <= set(checkpoint):
         fail(f"{ckpt_path} has no optimizer state (not written by train.py): train with --init_from=scratch")
-    differ = [k for k in model_args if checkpoint['model_args'].get(k) != model_args[k]]
+    saved = checkpoint.get('config', {})   # compare what the user sets (also right for runs from GPT-2)
+    differ = [k for k in model_keys if saved.get(k) != config[k]]
     if differ:
-        fail("the config's model shape differs from the checkpoint's: " +
-             ', '.join(f"{k}={model_args[k]!r} vs saved {checkpoint['model_args'].get(k)!r}" for k in differ))
+        fail("the config's model settings differ from the checkpoint's: " +
+             ', '.join(f"{k}={config[k]!r} vs saved {saved.get(k)!r}" for k in differ))
+    model_args = checkpoint['model_args']
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
 elif init_from.startswith('gpt2'):
     model = GPT.from_pretrained(init_from, dropout=dropout)

@@ -259,7 +259,7 @@ BAD = [
     ('unknown attention', ['--attn=softmax'], "attn='softmax' is not one of", None),
     ('per-layer list length', ["--attn=['sd','sd','linear']"], "attn has 3 entries but n_layer=2", None),
     ('config file missing', ['config/nope.py'], "cannot read config file config/nope.py.*config/", None),
-    ('resume other shape', ['--init_from=resume', '--n_embd=64'], "shape differs.*n_embd=64 vs saved 32", 'copy'),
+    ('resume other shape', ['--init_from=resume', '--n_embd=64'], "settings differ.*n_embd=64 vs saved 32", 'copy'),
     ('resume bad attention', ['--init_from=resume', '--attn=fast'], "attn='fast' is not one of", 'copy'),
     ('truncated checkpoint', ['--init_from=resume'], "not a readable train.py checkpoint", truncate),
     ('corrupt checkpoint', ['--init_from=resume'], "not a readable train.py checkpoint", corrupt),
