@@ -1,0 +1,310 @@
+"""Tests for linearize.py and the hybrid / cascade configs: CPU, tiny models, real GPT-2 tokens."""
+import ast
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import data  # noqa: E402
+import linearize  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+TEXT = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare.txt')
+if not os.path.exists(TEXT):
+    TEXT = '/work/shared/data/tinyshakespeare.txt'
+FAST = ['--max_iters=3', '--eval_interval=3', '--eval_iters=1', '--batch_size=2', '--block_size=64',
+        '--log_interval=1']   # quick configs: their shape, fewer and smaller batches
+
+# Parameter counts as stated in the report / README: (non-embedding params as train.py prints them, attention params)
+# with GPT-2's padded vocabulary 50304. Baselines: config/sd_125m.py, config/std_125m.py, config/quick_sd.py.
+COUNTS = {
+    'sd_125m': (117_089_280, 21_832_704),
+    'std_125m': (123_587_328, 28_311_552),
+    'quick_sd': (7_176_704, 213_504),
+    'quick_std': (7_226_496, 262_144),
+    'hybrid_elu4_125m': (119_248_896, 23_992_320),
+    'hybrid_elu4_std_125m': (123_587_328, 28_311_552),
+    'hybrid_elu1_sd_7m': (7_188_864, 225_664),
+    'hybrid_elu1_std_7m': (7_226_496, 262_144),
+    'hybrid_elu1_quick_sd': (7_188_864, 225_664),
+    'hybrid_elu1_quick_std': (7_226_496, 262_144),
+    'cascade_rank_125m': (116_593_152, 21_336_576),       # 97.7% of sd_125m's attention (-2.3%)
+    'cascade_width_125m': (105_385_440, 10_128_864),      # 46.4% (-53.6%)
+    'cascade_rankwidth_125m': (105_274_464, 10_017_888),  # 45.9% (-54.1%)
+    'cascade_rank_quick': (7_162_880, 199_680),           # 93.5% of quick_sd's attention
+    'cascade_width_quick': (7_067_392, 104_192),          # 48.8%
+}
+# attention params as % of the uniform S−D baseline of the same shape (what the README states)
+CASCADE_PCT = {'cascade_rank_125m': 97.7, 'cascade_width_125m': 46.4, 'cascade_rankwidth_125m': 45.9,
+               'cascade_rank_quick': 93.5, 'cascade_width_quick': 48.8}
+MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
+              'sd_rank', 'sd_filter', 'linear_chunk')
+
+
+def model_args(name):
+    """The GPTConfig arguments train.py builds from config/NAME.py: its defaults (read from train.py)
+    updated by the config file; vocabulary GPT-2's, padded to 50304."""
+    with open(os.path.join(REPO, 'train.py')) as f:
+        args = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(f.read()).body
+                if isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id in MODEL_KEYS}
+    scope = {}
+    with open(os.path.join(REPO, 'config', name + '.py')) as f:
+        exec(f.read(), scope)
+    return {k: scope.get(k, args[k]) for k in MODEL_KEYS} | {'vocab_size': 50304}
+
+
+ENV = os.environ | {'OMP_NUM_THREADS': '1'}   # tiny models: threads only contend on a shared CPU
+QUICK = ('hybrid_elu1_quick_sd', 'hybrid_elu1_quick_std', 'cascade_rank_quick', 'cascade_width_quick')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    """data_root with dataset 'tiny': ~25k GPT-2 tokens of tiny shakespeare (random ids if unavailable)."""
+    root = tmp_path_factory.mktemp('data')
+    try:
+        from prepare import get_encoding
+        with open(TEXT, encoding='utf-8') as f:
+            ids = np.array(get_encoding().encode_ordinary(f.read(100_000)), dtype=np.uint16)
+    except (ImportError, OSError, SystemExit):
+        ids = np.random.default_rng(0).integers(0, 50257, 25_000).astype(np.uint16)
+    os.makedirs(root / 'tiny')
+    n = int(0.9 * len(ids))
+    ids[:n].tofile(root / 'tiny' / 'train.bin')
+    ids[n:].tofile(root / 'tiny' / 'val.bin')
+    (root / 'tiny' / 'meta.json').write_text(json.dumps({'vocab_size': 50257, 'max_token_id': int(ids.max())}))
+    return str(root)
+
+
+@pytest.fixture(scope='module')
+def ckpts(data_root, tmp_path_factory):
+    """Two tiny checkpoints, trained 6 steps and saved like train.py does: S−D without LayerNorm and
+    standard attention with LayerNorm (2 layers, block_size 32)."""
+    out = tmp_path_factory.mktemp('ckpts')
+    train = data.open_split(data_root, 'tiny', 'train')
+    paths = {}
+    for seed, (name, attn, norm) in enumerate((('sd', 'sd', 'none'), ('std', 'standard', 'layernorm'))):
+        torch.manual_seed(seed)
+        config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=50304, bias=False,
+                           attn=attn, norm=norm)
+        model = GPT(config)
+        optimizer = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), 'cpu')
+        for it in range(6):
+            model(*data.get_batch(train, 4, 32, [seed, 0, it]))[1].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        os.makedirs(out / name)
+        paths[name] = str(out / name / 'ckpt.pt')
+        torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(config),
+                    'iter_num': 6, 'best_val_loss': 1e9, 'config': {'dataset': 'tiny', 'data_root': data_root,
+                                                                     'block_size': 32, 'seed': 1337}}, paths[name])
+    return paths
+
+
+@pytest.fixture(scope='module')
+def quick_runs(data_root, tmp_path_factory):
+    """The quick hybrid / cascade configs, 3 iterations each through train.py on the tiny dataset:
+    {name: (out_dir, stdout)}. One process runs train.py once per config, so torch is imported once."""
+    out = tmp_path_factory.mktemp('quick')
+    argv = {name: ['train.py', f'config/{name}.py', *FAST, f'--data_root={data_root}', '--dataset=tiny',
+                   f'--out_dir={out / name}'] for name in QUICK}
+    driver = ("import runpy, sys\n"
+              f"for name, argv in {argv!r}.items():\n"
+              "    print('=== ' + name, flush=True)\n"
+              "    sys.argv = argv\n"
+              "    runpy.run_path('train.py', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, '-c', driver], cwd=REPO, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
+    outputs = dict(part.split('\n', 1) for part in r.stdout.split('=== ')[1:])
+    return {name: (out / name, outputs[name]) for name in QUICK}
+
+
+def run(tmp_path, data_root, *args):
+    return linearize.main(['--data_root', data_root, '--dataset', 'tiny', '--num_batches', '2',
+                           '--batch_size', '4', '--device', 'cpu', '--out_dir', str(tmp_path / 'lin'), *args])
+
+
+def read_csv(tmp_path):
+    with open(tmp_path / 'lin' / 'linearize.csv') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def fake_erank(monkeypatch):
+    """Install a stand-in analyze module whose layer_routing_erank returns ERANK[n_layer]."""
+    table = {}
+    module = types.ModuleType('analyze')
+    module.layer_routing_erank = lambda model: table[model.config.n_layer]
+    monkeypatch.setitem(sys.modules, 'analyze', module)
+    return table
+
+
+# ---------------------------------------------------------------- linearize.py
+
+def test_k0_reproduces_val_loss_and_k_max_is_all_linear(tmp_path, data_root, ckpts):
+    rows = run(tmp_path, data_root, '--ckpt', ckpts['sd'], ckpts['std'], '--order', 'first', 'last')
+    val = data.open_split(data_root, 'tiny', 'val')
+    batches = [data.get_batch(val, 4, 32, [1337, 1, 0, i]) for i in range(2)]
+    for path in ckpts.values():
+        model, _ = GPT.from_checkpoint(path)
+        model.eval()
+        with torch.no_grad():
+            own = sum(model(x, y)[1].item() for x, y in batches) / 2
+            model.linearize(range(2))
+            assert all(a.linear for a in model.attention_layers())
+            all_linear = sum(model(x, y)[1].item() for x, y in batches) / 2
+        for order in ('first', 'last'):
+            rs = [r for r in rows if r['ckpt'] == path and r['order'] == order]
+            assert [r['k'] for r in rs] == [0, 1, 2]
+            assert rs[0]['val_loss'] == own and rs[0]['delta_pct'] == 0.0 and rs[0]['layers'] == ''
+            assert rs[2]['val_loss'] == all_linear and rs[2]['layers'] == '0;1'
+            assert rs[1]['layers'] == ('0' if order == 'first' else '1')
+        assert own != all_linear
+    table = read_csv(tmp_path)
+    assert len(table) == 2 * 2 * 3   # ckpts x orders x k
+    assert list(table[0]) == ['ckpt', 'order', 'k', 'layers', 'val_loss', 'ppl', 'delta_pct']
+    for r in table:
+        assert math.isclose(float(r['ppl']), math.exp(float(r['val_loss'])), rel_tol=1e-5)
+    with open(tmp_path / 'lin' / 'linearize.png', 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert sorted(os.listdir(tmp_path / 'lin')) == ['linearize.csv', 'linearize.png']
+
+
+def test_orders_pick_the_layers_they_say(tmp_path, data_root, ckpts, fake_erank):
+    model = GPT(GPTConfig(n_layer=4, n_head=2, n_embd=16, block_size=8, vocab_size=64, attn='sd'))
+    erank = [5.0, 1.0, 3.0, 2.0]
+    assert linearize.pick_layers(model, 'first', 2) == [0, 1]
+    assert linearize.pick_layers(model, 'last', 2) == [2, 3]
+    assert linearize.pick_layers(model, 'cascade', 2, erank) == [1, 3]
+    assert linearize.pick_layers(model, 'cascade', 4, erank) == [1, 3, 2, 0]
+    hybrid = GPT(GPTConfig(n_layer=4, n_head=2, n_embd=16, block_size=8, vocab_size=64,
+                           attn=['linear', 'sd', 'sd', 'sd']))
+    assert linearize.pick_layers(hybrid, 'first', 1) == [1]           # layer 0 is linear already
+    assert linearize.pick_layers(hybrid, 'last', 3) == [1, 2, 3]
+    assert linearize.pick_layers(hybrid, 'cascade', 1, [0.0, 5.0, 1.0, 3.0]) == [2]
+
+    fake_erank[2] = [7.0, 2.0]   # layer 1 routes at lower rank: the cascade order switches it first
+    rows = run(tmp_path, data_root, '--ckpt', ckpts['sd'], '--order', 'cascade', 'first')
+    table = read_csv(tmp_path)
+    assert len(table) == len(rows) == 2 * 3
+    assert [r['layers'] for r in table if r['order'] == 'cascade'] == ['', '1', '0;1']
+    assert [r['layers'] for r in table if r['order'] == 'first'] == ['', '0', '0;1']
+    cascade1 = next(r for r in rows if r['order'] == 'cascade' and r['k'] == 1)
+    last1 = run(tmp_path, data_root, '--ckpt', ckpts['sd'], '--order', 'last')[1]
+    assert cascade1['val_loss'] == last1['val_loss']   # same layer, same batches
+
+
+def test_real_layer_routing_erank(tmp_path, data_root, ckpts):
+    if not os.path.exists(os.path.join(REPO, 'analyze.py')):
+        pytest.skip('analyze.py not written yet')
+    from analyze import layer_routing_erank
+    model, _ = GPT.from_checkpoint(ckpts['sd'])
+    erank = [float(e) for e in layer_routing_erank(model)]
+    assert len(erank) == 2 and all(math.isfinite(e) and e >= 1 for e in erank)
+    rows = run(tmp_path, data_root, '--ckpt', ckpts['sd'], '--order', 'cascade')
+    lowest = min(range(2), key=lambda i: (erank[i], i))
+    assert [r['layers'] for r in rows] == ['', str(lowest), '0;1']
+
+
+def test_trained_linear_layers_count_as_linear(tmp_path, data_root, quick_runs):
+    out_dir = quick_runs['hybrid_elu1_quick_sd'][0]
+    ckpt = str(out_dir / 'ckpt.pt')
+    # train.py's val batches with its batch_size, block_size and eval_iters: k = 0 is its logged val loss
+    rows = run(tmp_path, data_root, '--ckpt', ckpt, '--order', 'first', 'last', '--batch_size', '2',
+               '--num_batches', '1')
+    with open(out_dir / 'log.jsonl') as f:
+        logged = [json.loads(line) for line in f if 'val_loss' in line][-1]['val_loss']
+    assert rows[0]['val_loss'] == pytest.approx(logged, rel=1e-6)
+    first = [r for r in rows if r['order'] == 'first']
+    assert [r['k'] for r in first] == [0, 1, 2, 3]   # three softmax layers to switch
+    assert [r['layers'] for r in first] == ['0', '0;1', '0;1;2', '0;1;2;3']
+    assert [r['layers'] for r in rows if r['order'] == 'last'] == ['0', '0;3', '0;2;3', '0;1;2;3']
+
+
+def test_finetune_heals_and_restores_weights(tmp_path, data_root, ckpts):
+    plain = run(tmp_path, data_root, '--ckpt', ckpts['std'], '--order', 'last')
+    healed = run(tmp_path, data_root, '--ckpt', ckpts['std'], '--order', 'last', '--finetune_iters', '2')
+    assert [r['val_loss'] for r in healed] == [r['val_loss'] for r in plain]   # weights restored each time
+    table = read_csv(tmp_path)
+    assert list(table[0])[-3:] == ['ft_val_loss', 'ft_ppl', 'ft_delta_pct']
+    assert all(math.isfinite(float(r['ft_val_loss'])) for r in table)
+    assert healed[0]['ft_val_loss'] != healed[0]['val_loss'] and healed[0]['ft_delta_pct'] == 0.0
+
+
+def test_bad_input(tmp_path, data_root, ckpts):
+    junk = tmp_path / 'junk.pt'
+    junk.write_text('not a checkpoint')
+    out = tmp_path / 'out'
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'linearize.py'), '--ckpt', str(junk), '--dataset',
+                        'tiny', '--data_root', data_root, '--out_dir', str(out)], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert r.stderr.startswith('error:') and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+    for args, msg in ((['--ckpt', str(tmp_path / 'missing.pt')], 'no checkpoint'),
+                      (['--ckpt', ckpts['sd'], '--block_size', '33'], 'block_size'),
+                      (['--ckpt', ckpts['sd'], '--dataset', 'nope'], 'not found'),
+                      (['--ckpt', ckpts['sd'], ckpts['sd']], 'twice'),
+                      (['--ckpt', ckpts['sd'], '--num_batches', '0'], 'num_batches')):
+        with pytest.raises(SystemExit, match=msg):
+            linearize.main(['--data_root', data_root, '--dataset', 'tiny', '--out_dir', str(out), *args])
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- configs
+
+@pytest.mark.parametrize('name', sorted(COUNTS))
+def test_config_parameter_counts(name):
+    args = model_args(name)
+    with torch.device('meta'):
+        model = GPT(GPTConfig(**args))
+    assert (model.num_params(), model.num_attention_params()) == COUNTS[name]
+    layers = model.attention_layers()
+    if name.startswith('hybrid'):
+        k = 4 if '125m' in name else 1
+        rest = 'standard' if '_std' in name else 'sd'
+        assert [a.kind for a in layers] == ['linear'] * k + [rest] * (len(layers) - k)
+        assert all(a.head_dim == args['n_embd'] // args['n_head'] for a in layers)   # full head dim
+        assert args['norm'] == ('layernorm' if rest == 'standard' else 'none')
+    if name.startswith('cascade'):
+        base = COUNTS['sd_125m' if '125m' in name else 'quick_sd'][1]
+        assert round(100 * COUNTS[name][1] / base, 1) == CASCADE_PCT[name]
+        dims = [a.head_dim for a in layers]
+        ranks = args['sd_rank'] if isinstance(args['sd_rank'], list) else [0] * len(layers)
+        assert dims == sorted(dims) and ranks == sorted(ranks)   # small early, larger late
+        assert all(2 * r <= d for r, d in zip(ranks, dims))
+    if name in ('cascade_width_125m', 'cascade_rankwidth_125m'):
+        assert 47 <= 100 * (1 - COUNTS[name][1] / COUNTS['sd_125m'][1]) <= 65
+
+
+def test_quick_configs_train(quick_runs):
+    for name, (out_dir, stdout) in quick_runs.items():
+        n, n_attn = COUNTS[name]
+        pct = CASCADE_PCT.get(name, 100.0)
+        line = f"parameters: {n / 1e6:.2f}M (non-embedding counts the tied token embedding); " \
+               f"attention: {n_attn / 1e6:.2f}M ({pct:.1f}% of the uniform-width"
+        assert line in stdout, stdout
+        with open(out_dir / 'log.jsonl') as f:
+            losses = [json.loads(line)['val_loss'] for line in f if 'val_loss' in line]
+        assert losses and all(math.isfinite(v) for v in losses)
+        model, ckpt = GPT.from_checkpoint(str(out_dir / 'ckpt.pt'))
+        assert ckpt['iter_num'] == 3 and model.num_attention_params() == n_attn
