@@ -85,8 +85,8 @@ def fail(msg):
     sys.exit(1)
 
 
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    fail(f"dtype={dtype!r}: use 'float32', 'bfloat16' or 'float16'")
+if dtype not in ('float32', 'bfloat16'):
+    fail(f"dtype={dtype!r}: use 'float32' or 'bfloat16' (float16 would need a gradient scaler)")
 for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval',
           'n_layer', 'n_head', 'n_embd'):
     if config[k] < 1:
@@ -115,7 +115,7 @@ if deterministic:
     torch.use_deterministic_algorithms(True)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[dtype]
 autocast = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
 # data -------------------------------------------------------------------------
