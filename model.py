@@ -321,10 +321,10 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices (and the S−D generators), not on biases, norms, the filter."""
-        params = [p for n, p in self.named_parameters() if p.requires_grad]
-        names = [n for n, p in self.named_parameters() if p.requires_grad]
-        decay = [p for n, p in zip(names, params) if p.dim() >= 2 and not n.endswith('sd_delta')]
-        no_decay = [p for n, p in zip(names, params) if not (p.dim() >= 2 and not n.endswith('sd_delta'))]
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and not name.endswith('sd_delta') else no_decay).append(p)
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
 

@@ -193,3 +193,13 @@ def test_config_errors(kw, message):
 def test_sequence_longer_than_block_size_is_an_error():
     with pytest.raises(ValueError, match='longer than block_size'):
         GPT(tiny(block_size=8))(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_weight_decay_groups():
+    model = GPT(tiny(attn='sd'))
+    decay, no_decay = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu').param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    assert {names[id(p)].split('.')[-1] for p in decay['params']} == {'weight', 'sd_P'}
+    assert all(p.dim() == 1 or names[id(p)].endswith('sd_delta') for p in no_decay['params'])
+    assert len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
