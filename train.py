@@ -79,6 +79,12 @@ configure(config)
 globals().update(config)
 
 
+def say(msg):
+    """A line on stdout that does not break the progress bar and is flushed (stdout may be a log file)."""
+    tqdm.write(msg)
+    sys.stdout.flush()
+
+
 def fail(msg):
     """One-line error, non-zero exit."""
     tqdm.write(f"error: {msg}", file=sys.stderr)
@@ -181,8 +187,8 @@ if master:
         share = f" ({100 * n_attn / uniform:.1f}% of the uniform-width, full-rank model of this shape)"
     except ValueError:   # n_embd is not divisible by n_head: there is no uniform width
         share = ''
-    tqdm.write(f"parameters: {n_params / 1e6:.2f}M (non-embedding counts the tied token embedding); "
-               f"attention: {n_attn / 1e6:.2f}M{share}; {tokens_per_iter:,} tokens per iteration")
+    say(f"parameters: {n_params / 1e6:.2f}M (non-embedding counts the tied token embedding); "
+        f"attention: {n_attn / 1e6:.2f}M{share}; {tokens_per_iter:,} tokens per iteration")
 
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
@@ -312,6 +318,9 @@ while True:
             log({'iter': iter_num - 1, 'loss': lossf, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
                  'elapsed': time.time() - t_start})
             bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            if bar.disable:   # no terminal to draw the bar on: a line instead
+                say(f"iter {iter_num - 1}: loss {lossf:.4f}, lr {lr:.3g}, {tokens_per_s:,.0f} tokens/s, "
+                    f"mfu {100 * mfu:.2f}%")
         loss_sum.zero_()
         t0, iters_since = time.time(), 0
 
@@ -328,15 +337,15 @@ while True:
                 record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
                           'val_ppl': math.exp(min(losses['val'], 50)), 'elapsed': time.time() - t_start}
                 log(record)
-                bar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                          f"val ppl {record['val_ppl']:.2f}")
+                say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                    f"val ppl {record['val_ppl']:.2f}")
         if master and iter_num > 0 and iter_num != saved_iter and not eval_only:
             save_checkpoint()
             saved_iter = iter_num
         if stopping and master:
-            bar.write(f"stopped by signal at iteration {iter_num}; " +
-                      (f"checkpoint saved to {ckpt_path}, continue with --init_from=resume" if iter_num > 0
-                       else "nothing to save yet"))
+            say(f"stopped by signal at iteration {iter_num}; " +
+                (f"checkpoint saved to {ckpt_path}, continue with --init_from=resume" if iter_num > 0
+                 else "nothing to save yet"))
         if last:
             break
         t0 += time.time() - t_pause   # tokens_per_s and mfu count training time only

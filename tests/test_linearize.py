@@ -43,24 +43,28 @@ COUNTS = {
     'cascade_rankwidth_125m': (105_274_464, 10_017_888),  # 45.9% (-54.1%)
     'cascade_rank_quick': (7_162_880, 199_680),           # 93.5% of quick_sd's attention
     'cascade_width_quick': (7_067_392, 104_192),          # 48.8%
+    'cpu_sd': (7_914_496, 427_008),
+    'cpu_sd+cascade_suggested_cpu': (7_891_200, 403_712),  # 94.5% of cpu_sd's attention (written by --suggest)
 }
 # attention params as % of the uniform S−D baseline of the same shape (what the README states)
 CASCADE_PCT = {'cascade_rank_125m': 97.7, 'cascade_width_125m': 46.4, 'cascade_rankwidth_125m': 45.9,
-               'cascade_rank_quick': 93.5, 'cascade_width_quick': 48.8}
+               'cascade_rank_quick': 93.5, 'cascade_width_quick': 48.8, 'cpu_sd+cascade_suggested_cpu': 94.5}
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
               'sd_rank', 'sd_filter', 'linear_chunk')
 
 
 def model_args(name):
-    """The GPTConfig arguments train.py builds from config/NAME.py: its defaults (read from train.py)
-    updated by the config file; vocabulary GPT-2's, padded to 50304."""
+    """The GPTConfig arguments train.py builds from config/NAME.py (or from config/A.py config/B.py ...
+    for NAME = 'A+B+...'): its defaults (read from train.py) updated by the config files; vocabulary
+    GPT-2's, padded to 50304."""
     with open(os.path.join(REPO, 'train.py')) as f:
         args = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(f.read()).body
                 if isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name) and node.targets[0].id in MODEL_KEYS}
     scope = {}
-    with open(os.path.join(REPO, 'config', name + '.py')) as f:
-        exec(f.read(), scope)
+    for part in name.split('+'):
+        with open(os.path.join(REPO, 'config', part + '.py')) as f:
+            exec(f.read(), scope)
     return {k: scope.get(k, args[k]) for k in MODEL_KEYS} | {'vocab_size': 50304}
 
 
@@ -285,13 +289,14 @@ def test_config_parameter_counts(name):
         assert [a.kind for a in layers] == ['linear'] * k + [rest] * (len(layers) - k)
         assert all(a.head_dim == args['n_embd'] // args['n_head'] for a in layers)   # full head dim
         assert args['norm'] == ('layernorm' if rest == 'standard' else 'none')
-    if name.startswith('cascade'):
-        base = COUNTS['sd_125m' if '125m' in name else 'quick_sd'][1]
+    if 'cascade' in name:
+        base = COUNTS['sd_125m' if '125m' in name else name.split('+')[0] if '+' in name else 'quick_sd'][1]
         assert round(100 * COUNTS[name][1] / base, 1) == CASCADE_PCT[name]
         dims = [a.head_dim for a in layers]
         ranks = args['sd_rank'] if isinstance(args['sd_rank'], list) else [0] * len(layers)
-        assert dims == sorted(dims) and ranks == sorted(ranks)   # small early, larger late
         assert all(2 * r <= d for r, d in zip(ranks, dims))
+        if name.startswith('cascade'):   # hand-written: small early, larger late
+            assert dims == sorted(dims) and ranks == sorted(ranks)
     if name in ('cascade_width_125m', 'cascade_rankwidth_125m'):
         assert 47 <= 100 * (1 - COUNTS[name][1] / COUNTS['sd_125m'][1]) <= 65
 

@@ -124,6 +124,9 @@ def test_training_smoke_loss_falls(smoke, name):
     assert ev[-1]['val_loss'] < ev[0]['val_loss'] - 0.1, ev
     assert all(np.isfinite(r['loss']) for r in train_lines(out_dir))
     assert [r['iter'] for r in train_lines(out_dir)] == list(range(2 * N))   # every iteration, the last too
+    # stdout is a pipe, not a terminal: no progress bar, one line per log_interval instead
+    assert [int(i) for i in re.findall(r'^iter (\d+): loss [\d.]+, lr [\d.e-]+, [\d,]+ tokens/s', stdout, re.M)] \
+        == list(range(2 * N))
     assert ckpt_iter(out_dir) == 2 * N
 
 
