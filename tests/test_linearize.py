@@ -49,6 +49,8 @@ COUNTS = {
 # attention params as % of the uniform S−D baseline of the same shape (what the README states)
 CASCADE_PCT = {'cascade_rank_125m': 97.7, 'cascade_width_125m': 46.4, 'cascade_rankwidth_125m': 45.9,
                'cascade_rank_quick': 93.5, 'cascade_width_quick': 48.8, 'cpu_sd+cascade_suggested_cpu': 94.5}
+CASCADE_BASE = {name: 'sd_125m' if '125m' in name else 'cpu_sd' if name.startswith('cpu_sd') else 'quick_sd'
+                for name in CASCADE_PCT}
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
               'sd_rank', 'sd_filter', 'linear_chunk')
 
@@ -289,9 +291,8 @@ def test_config_parameter_counts(name):
         assert [a.kind for a in layers] == ['linear'] * k + [rest] * (len(layers) - k)
         assert all(a.head_dim == args['n_embd'] // args['n_head'] for a in layers)   # full head dim
         assert args['norm'] == ('layernorm' if rest == 'standard' else 'none')
-    if 'cascade' in name:
-        base = COUNTS['sd_125m' if '125m' in name else name.split('+')[0] if '+' in name else 'quick_sd'][1]
-        assert round(100 * COUNTS[name][1] / base, 1) == CASCADE_PCT[name]
+    if name in CASCADE_PCT:
+        assert round(100 * COUNTS[name][1] / COUNTS[CASCADE_BASE[name]][1], 1) == CASCADE_PCT[name]
         dims = [a.head_dim for a in layers]
         ranks = args['sd_rank'] if isinstance(args['sd_rank'], list) else [0] * len(layers)
         assert all(2 * r <= d for r, d in zip(ranks, dims))
