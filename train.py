@@ -289,10 +289,10 @@ def check_finite():
     if ddp:
         torch.distributed.all_reduce(bad_iter, op=torch.distributed.ReduceOp.MIN)
     if bad_iter.item() < sys.maxsize:
-        fail(f"the loss became NaN or inf at iteration {bad_iter.item()}; {ckpt_path} keeps the last good "
-             f"state: lower learning_rate or raise warmup_iters, then resume")
+        fail(f"the loss became NaN or inf at iteration {bad_iter.item()}; {nan_hint}")
 
 
+nan_hint = f"{ckpt_path} keeps the last good state: lower learning_rate or raise warmup_iters, then resume"
 bad_iter = torch.tensor(sys.maxsize, device=device)   # first iteration with a non-finite loss or gradient
 loss_sum = torch.zeros((), device=device)
 saved_iter = iter_num if init_from == 'resume' else -1
@@ -330,8 +330,7 @@ while True:
         if iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only:
             losses = estimate_loss()
             if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
-                fail(f"the evaluation loss is NaN or inf at iteration {iter_num}; {ckpt_path} keeps the last good "
-                     f"state: lower learning_rate or raise warmup_iters, then resume")
+                fail(f"the evaluation loss is NaN or inf at iteration {iter_num}; {nan_hint}")
             best_val_loss = min(best_val_loss, losses['val'])
             if master:
                 record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
