@@ -7,7 +7,7 @@ Each is split into its symmetric (filtering) and skew-symmetric (routing) parts.
 
     python analyze.py --ckpt out/sd_7m/ckpt.pt
     python analyze.py --hf gpt2 gpt2-medium gpt2-large bert-base-uncased bert-large-uncased \\
-                      --text_file ../shared/data/enwiki_sample.txt --num_seqs 16 --seq_len 256
+                      --text_file wiki.txt --num_seqs 16 --seq_len 256
     python analyze.py --ckpt out/sd_125m out/std_nonorm_125m out/sd_layernorm_125m --compare --dataset openwebtext
     python analyze.py --ckpt out/std_125m --dataset openwebtext --suggest config/cascade_125m.py
 
@@ -30,13 +30,15 @@ from tqdm import tqdm
 
 import data
 from model import GPT
+from runs import arm_of, mean_std
 
 # Singular values below REL_TOL * ||M||_F count as zero: float32 weights and activations resolve M only to about
 # 1e-7 of its norm, and the float64 computation below resolves it to ~1e-8 or better.
 REL_TOL = 1e-6
 METRICS = ('routing_erank', 'filtering_erank', 'routing_capacity', 'rho', 'routing_fraction', 'max_re_eig',
-           'erank_S', 'd_scalarness')
+           'erank_S', 'd_scalarness', 'score_rms')
 COLUMNS = ('model', 'level', 'layer', 'head', 'kind', 'head_dim', 'n') + METRICS + ('rotation_freqs',)
+ARM_METRICS = ('routing_erank', 'rho', 'max_re_eig', 'erank_S', 'd_scalarness', 'score_rms')   # aggregated over seeds
 LEVELS = {'weight': 'weight kernel M = W_q^T W_k', 'data': 'interaction A = QK^T/sqrt(d_h) on text'}
 
 
@@ -124,6 +126,7 @@ def interaction_metrics(q, k):
     T, d = q.shape[-2:]
     m = kernel_metrics(q.double().mT / math.sqrt(d), k.double().mT, eig=False)
     m['routing_capacity'].fill_(routing_capacity(T))
+    m['score_rms'] = (q.double() @ k.double().mT / math.sqrt(d)).square().mean((-2, -1)).sqrt()   # logit scale
     return m
 
 
@@ -258,9 +261,9 @@ def data_rows(name, kinds, module, seqs, bar):
 def load_ckpt(path, label, device):
     if os.path.isdir(path):
         path = os.path.join(path, 'ckpt.pt')
-    model, _ = GPT.from_checkpoint(path, device)
+    model, ckpt = GPT.from_checkpoint(path, device)
     c = model.config
-    return dict(name=label, source=path, family='gpt2-bpe', module=model.eval(), n_layer=c.n_layer,
+    return dict(name=label, source=path, family=family(ckpt.get('chars')), module=model.eval(), n_layer=c.n_layer,
                 n_head=c.n_head, n_embd=c.n_embd, norm=c.norm, head_dim=c.head_dim,
                 head_dims=[c.layer(i)['head_dim'] for i in range(c.n_layer)], max_len=c.block_size,
                 vocab_size=c.vocab_size)
@@ -317,14 +320,19 @@ def read_lines(path):
     return lines
 
 
+def family(chars):
+    """The tokenizer family of a checkpoint or dataset: its characters, or GPT-2 BPE."""
+    return 'chars:' + chars if chars else 'gpt2-bpe'
+
+
 def tokenize(lines, family, num_seqs, seq_len, vocab_size):
-    """Up to num_seqs sequences (1-D LongTensors of 2..seq_len ids) of the lines, with GPT-2 BPE or the BERT
-    tokenizer of the model `family`; None if that BERT model has no local tokenizer of its vocabulary size
-    (transformers makes an empty one for a directory without vocabulary files)."""
-    if family == 'gpt2-bpe':
-        from prepare import get_encoding
-        enc = get_encoding()
-        encode = lambda line: enc.encode_ordinary(line)[:seq_len]
+    """Up to num_seqs sequences (1-D LongTensors of 2..seq_len ids) of the lines, with GPT-2 BPE, the model's
+    characters, or the BERT tokenizer of the model `family`; None if that BERT model has no local tokenizer of
+    its vocabulary size (transformers makes an empty one for a directory without vocabulary files)."""
+    if family == 'gpt2-bpe' or family.startswith('chars:'):
+        from prepare import codec
+        enc = codec(family[len('chars:'):] if family.startswith('chars:') else None)[0]
+        encode = lambda line: enc(line)[:seq_len]
     else:
         from transformers import AutoTokenizer
         try:
@@ -343,7 +351,7 @@ def dataset_seqs(data_root, dataset, num_seqs, seq_len):
     if len(val) <= seq_len + 1:
         raise SystemExit(f"error: {dataset}'s val split has {len(val)} tokens, not enough for --seq_len {seq_len}")
     x, _ = data.get_batch(val, num_seqs, seq_len, seed=0)
-    return list(x)
+    return list(x), family(data.read_meta(data_root, dataset).get('chars'))
 
 
 def unique_labels(labels):
@@ -373,6 +381,23 @@ def layer_stats(rows, model, level, metric, n_layer):
             [v.std(correction=0).item() if len(v) else math.nan for v in t])
 
 
+def arms(subjects):
+    """{arm: [model names]}: models named NAME_s<seed> are seeds of arm NAME (runs.arm_of)."""
+    out = {}
+    for s in subjects:
+        out.setdefault(arm_of(s['name']), []).append(s['name'])
+    return out
+
+
+def arm_stats(rows, members, level, metric, n_layer):
+    """Per-layer mean and std over an arm's seeds of each seed's mean over heads, or None."""
+    per_seed = [layer_stats(rows, m, level, metric, n_layer) for m in members]
+    if any(p is None for p in per_seed):
+        return None
+    layers = [mean_std([p[0][i] for p in per_seed]) for i in range(n_layer)]
+    return [m for m, _ in layers], [sd for _, sd in layers]
+
+
 def finite(values):
     return [v if math.isfinite(v) else None for v in values]   # JSON has no nan / inf
 
@@ -394,8 +419,15 @@ def summarize(subjects, rows):
         models[s['name']] = dict(source=s['source'], n_layer=s['n_layer'], n_head=s['n_head'], n_embd=s['n_embd'],
                                  head_dim=s['head_dims'], attn=s['kinds'], norm=s['norm'],
                                  heads=s['n_layer'] * s['n_head'], num_seqs=s.get('num_seqs', 0), **levels)
+    by_arm = {}
+    for arm, members in arms(subjects).items():
+        n_layer = models[members[0]]['n_layer']
+        if len(members) > 1 and all(models[m]['n_layer'] == n_layer for m in members):
+            stats = {lv: {m: arm_stats(rows, members, lv, m, n_layer) for m in ARM_METRICS} for lv in LEVELS}
+            by_arm[arm] = dict(seeds=members, **{lv: {m: dict(mean=finite(v[0]), std=finite(v[1]))
+                                                     for m, v in st.items() if v} for lv, st in stats.items()})
     return dict(total_heads=sum(m['heads'] for m in models.values()), metrics=list(METRICS),
-                rel_tol=REL_TOL, models=models)
+                rel_tol=REL_TOL, models=models, arms=by_arm)
 
 
 def csv_text(rows):
@@ -416,13 +448,21 @@ def depth(n_layer):
 
 
 def plot_metric(ax, subjects, rows, level, metric, colors, capacity=False):
-    """One line per model: the per-layer mean of `metric` over heads vs relative depth, a +-std band."""
+    """One line per model: the per-layer mean of `metric` over heads vs relative depth, a +-std band. When
+    some arm has several seeds, one line per arm instead: the mean over seeds, a +-std band over seeds."""
+    groups = arms(subjects)
+    seeded = any(len(m) > 1 for m in groups.values())
     for s in subjects:
-        stats = layer_stats(rows, s['name'], level, metric, s['n_layer'])
+        members = groups[arm_of(s['name'])]
+        if seeded and s['name'] != members[0]:
+            continue
+        stats = arm_stats(rows, members, level, metric, s['n_layer']) if seeded else \
+            layer_stats(rows, s['name'], level, metric, s['n_layer'])
         if stats is None:
             continue
         x, (mean, std), c = depth(s['n_layer']), stats, colors[s['name']]
-        ax.plot(x, mean, 'o-', ms=3, color=c, label=s['name'])
+        label = f"{arm_of(s['name'])} ({len(members)} seeds)" if seeded else s['name']
+        ax.plot(x, mean, 'o-', ms=3, color=c, label=label)
         ax.fill_between(x, [m - e for m, e in zip(mean, std)], [m + e for m, e in zip(mean, std)],
                         color=c, alpha=0.12, lw=0)
         if capacity:
@@ -454,7 +494,9 @@ def make_figures(subjects, rows, compare):
         ax.set_title(titles[level])
         handles, labels = ax.get_legend_handles_labels()
         ax.legend(handles + [Line2D([], [], ls='--', color='gray')], labels + ['routing capacity'], fontsize=8)
-    fig.suptitle('Routing cascade: effective rank of the skew-symmetric (routing) part per layer')
+    seeded = any(len(m) > 1 for m in arms(subjects).values())
+    fig.suptitle('Routing cascade: effective rank of the skew-symmetric (routing) part per layer' +
+                 ('\n(mean over heads, then over seeds; band: ± std over seeds)' if seeded else ''))
     figs['cascade.png'] = fig
 
     fig = Figure(figsize=(6.5 * len(levels), 4.5), layout='constrained')
@@ -512,26 +554,40 @@ def make_figures(subjects, rows, compare):
     return figs
 
 
-def suggest_config(s, rows):
-    """A train.py config (plain assignments) for an S−D model of s's shape whose per-layer routing rank
-    follows s's measured routing cascade (the data level where measured, else the weight kernel)."""
+def suggest_config(s, rows, allocate='rank'):
+    """A train.py config (plain assignments) for an S−D model of s's shape whose attention follows s's measured
+    routing cascade (the data level where measured, else the weight kernel), per layer:
+      rank:  sd_rank = ceil(erank / 2) rotation planes (S = U V^T − V U^T has rank 2 sd_rank), in [1, d_h // 2];
+      width: head_dim = d_h · erank / max(erank), rounded to a multiple of 8 (at least 8): the layer that
+             routes most keeps its width (ours)."""
     level = 'data' if any(r['model'] == s['name'] and r['level'] == 'data' for r in rows) else 'weight'
-    eranks = layer_stats(rows, s['name'], level, 'routing_erank', s['n_layer'])[0]
-    # round to the printed precision first, so that an erank of 2.0000001 asks for 1 plane, not 2
-    ranks = [min(max(math.ceil(round(e, 2) / 2), 1), hd // 2) for e, hd in zip(eranks, s['head_dims'])]
-    lines = [f"# S-D config suggested by analyze.py from the routing cascade of {s['name']} ({s['source']}).",
-             f"# sd_rank[l] = ceil(routing erank of layer l / 2) rotation planes (S = U V^T - V U^T has rank",
-             f"# 2 sd_rank), at least 1 and at most head_dim // 2. Routing erank: mean over heads of the",
-             f"# {LEVELS[level]} (SCIENCE.md §2), per layer:",
-             f"# {[round(e, 2) for e in eranks]}",
+    eranks = [round(e, 2) for e in layer_stats(rows, s['name'], level, 'routing_erank', s['n_layer'])[0]]
+    # rounded to the printed precision first, so that an erank of 2.0000001 asks for 1 plane, not 2
+    if allocate == 'rank':
+        knob, rule = 'sd_rank', "sd_rank[l] = ceil(routing erank of layer l / 2), in [1, head_dim // 2]"
+        values = [min(max(math.ceil(e / 2), 1), hd // 2) for e, hd in zip(eranks, s['head_dims'])]
+    else:
+        knob, rule = 'head_dim', "head_dim[l] = head_dim * erank[l] / max(erank), a multiple of 8 (>= 8)"
+        values = [max(8, 8 * round(hd * e / max(eranks) / 8)) for e, hd in zip(eranks, s['head_dims'])]
+    lines = [f"# S-D config suggested by analyze.py --allocate {allocate} from the routing cascade of {s['name']}",
+             f"# ({s['source']}): {rule}.",
+             f"# Routing erank, mean over heads of the {LEVELS[level]}, per layer: {eranks}",
              f"n_layer = {s['n_layer']}", f"n_head = {s['n_head']}", f"n_embd = {s['n_embd']}"]
-    if s['head_dim'] is not None:
+    if s['head_dim'] is not None and knob != 'head_dim':
         lines.append(f"head_dim = {s['head_dim']!r}")
-    lines += ["attn = 'sd'", f"norm = {s['norm']!r}", f"sd_rank = {ranks}"]
+    lines += ["attn = 'sd'", f"norm = {s['norm']!r}", f"{knob} = {values}"]
     return '\n'.join(lines) + '\n'
 
 
-def print_table(subjects, rows):
+def print_table(subjects, rows, summary):
+    for arm, a in summary['arms'].items():
+        print(f"\n{arm}: mean ± std over {len(a['seeds'])} seeds ({', '.join(a['seeds'])}) "
+              f"of the per-layer mean over heads")
+        for level in LEVELS:
+            for m, v in a.get(level, {}).items():
+                if any(x is not None for x in v['mean']):
+                    cells = ' '.join('-' if x is None else f"{x:.3g}±{sd:.2g}" for x, sd in zip(v['mean'], v['std']))
+                    print(f"  {level:<6} {m:<14} {cells}")
     for s in subjects:
         print(f"\n{s['name']}: {s['n_layer']} layers x {s['n_head']} heads, d_model {s['n_embd']}, norm {s['norm']}")
         w = {m: layer_stats(rows, s['name'], 'weight', m, s['n_layer']) for m in METRICS}
@@ -571,6 +627,8 @@ def main(argv=None):
     p.add_argument('--device', default='cpu')
     p.add_argument('--compare', action='store_true', help='also write compare.png: every metric of every model')
     p.add_argument('--suggest', metavar='FILE', help='write a cascade-allocated S−D train.py config from ONE model')
+    p.add_argument('--allocate', choices=('rank', 'width'), default='rank',
+                   help="what --suggest allocates by the cascade: S−D routing rank, or head width")
     args = p.parse_args(argv)
     if not args.ckpt and not args.hf:
         p.error('nothing to analyse: give --ckpt and/or --hf')
@@ -598,18 +656,19 @@ def main(argv=None):
     subjects = [load_ckpt(c, label, args.device) for c, label in zip(args.ckpt, labels)]
     subjects += [hf_config(h, label) for h, label in zip(args.hf, labels[len(args.ckpt):])]
     lines = read_lines(args.text_file) if args.text_file else None
-    tokens = dataset_seqs(args.data_root, args.dataset, args.num_seqs, args.seq_len) if args.dataset else None
+    tokens, tokens_family = dataset_seqs(args.data_root, args.dataset, args.num_seqs, args.seq_len) if args.dataset \
+        else (None, None)
     seqs_by_family = {}
     for s in subjects:
         if lines is not None and s['family'] not in seqs_by_family:
             seqs_by_family[s['family']] = tokenize(lines, s['family'], args.num_seqs, args.seq_len, s['vocab_size'])
         seqs = seqs_by_family.get(s['family']) if lines is not None else \
-            (tokens if tokens is not None and s['family'] == 'gpt2-bpe' else None)
+            (tokens if tokens is not None and s['family'] == tokens_family else None)
         if lines is not None and seqs is None:
             print(f"warning: no local tokenizer for {s['name']} (or no line of 2+ tokens); skipping its data level",
                   file=sys.stderr)
         if tokens is not None and seqs is None:
-            print(f"warning: {args.dataset} is GPT-2 BPE, which {s['name']} does not read; skipping its data level",
+            print(f"warning: {args.dataset} has another tokenizer than {s['name']}; skipping its data level",
                   file=sys.stderr)
         if seqs is not None:
             seqs = [t[:s['max_len']] for t in seqs]
@@ -635,20 +694,21 @@ def main(argv=None):
             s['module'] = None   # free the weights before the next model
 
     # everything is computed and rendered before the first file is written
-    outputs = {'heads.csv': csv_text(rows), 'summary.json': json.dumps(summarize(subjects, rows), indent=1)}
+    summary = summarize(subjects, rows)
+    outputs = {'heads.csv': csv_text(rows), 'summary.json': json.dumps(summary, indent=1)}
     for name, fig in make_figures(subjects, rows, args.compare).items():
         buf = io.BytesIO()
         fig.savefig(buf, format='png', dpi=130)
         outputs[name] = buf.getvalue()
     paths = {os.path.join(args.out_dir, name): out for name, out in outputs.items()}
     if args.suggest:
-        paths[args.suggest] = suggest_config(subjects[0], rows)
+        paths[args.suggest] = suggest_config(subjects[0], rows, args.allocate)
     for path, out in paths.items():
         tmp = path + '.tmp'
         with open(tmp, 'wb' if isinstance(out, bytes) else 'w') as f:
             f.write(out)
         os.replace(tmp, path)
-    print_table(subjects, rows)
+    print_table(subjects, rows, summary)
     print(f"\n{sum(s['n_layer'] * s['n_head'] for s in subjects)} heads of {len(subjects)} models -> "
           f"{args.out_dir}/ ({', '.join(outputs)})" + (f"; config -> {args.suggest}" if args.suggest else ''))
 

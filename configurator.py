@@ -1,8 +1,10 @@
 """
 Config overrides for the scripts, nanoGPT style but checked:
     python train.py config/sd_125m.py --batch_size=32 --attn="['linear','sd','sd']"
-A config file is Python that assigns some of the script's globals; `--key=value` is parsed with
-ast.literal_eval (a bare word stays a string). Unknown keys and wrong types are one-line errors.
+    python train.py config/quick_sd.py config/deep.py config/hybrid_third.py --seed=2    # files compose
+A config file is Python that assigns some of the script's globals; it sees the values set so far (so a
+variant file can build on them, e.g. `attn = ['linear'] * (n_layer // 3) + ...`). `--key=value` is parsed
+with ast.literal_eval (a bare word stays a string). Unknown keys and wrong types are one-line errors.
 """
 import ast
 import sys
@@ -35,12 +37,14 @@ def configure(defaults, argv=None):
             except OSError as e:
                 raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}; give the path of a config "
                                  f"file (like config/quick_sd.py) or --key=value")
-            scope = {}
+            scope = dict(defaults)
             try:
                 exec(compile(code, arg, 'exec'), scope)
             except Exception as e:
                 raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
             for key, value in scope.items():
+                if key in defaults and value is defaults[key]:
+                    continue   # not assigned by this file
                 if not key.startswith('_') and not callable(value) and type(value).__name__ != 'module':
                     overrides[key] = _check(key, value, defaults, arg)
         else:

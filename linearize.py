@@ -11,9 +11,11 @@ For k = 0 ... (number of softmax layers), with the layers chosen by --order:
   last     the last k softmax layers
   cascade  the k layers with the lowest routing erank (analyze.layer_routing_erank)
 Layers trained as 'linear' are linear at every k; k counts the softmax layers switched.
-Every k and every checkpoint is evaluated on the same val batches: batch i is drawn with seed
-[seed, 1, 0, i], the batches train.py evaluates on, so k = 0 with train.py's seed, batch_size and
-block_size reproduces its logged val loss. Writes OUT_DIR/linearize.csv and OUT_DIR/linearize.png.
+Every k and every checkpoint is evaluated on the same val batches: batch i is drawn with seed [seed, 1, 0, i];
+with --seed 0 (the default) these are the batches train.py evaluates on, so k = 0 with train.py's batch_size
+and block_size reproduces its logged val loss. Writes OUT_DIR/linearize.csv and linearize.png, and
+linearize_arms.csv: several seeds of one arm (checkpoint folders NAME_s<seed>) as mean ± std over seeds
+(also printed, and drawn as bands).
 """
 import argparse
 import csv
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 import data
 from model import GPT
+from runs import arm_of, mean_std
 
 ORDERS = ('first', 'last', 'cascade')
 
@@ -40,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument('--num_batches', type=int, default=20)
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--block_size', type=int, help="default: the checkpoints' (smallest) block size")
-    p.add_argument('--seed', type=int, default=1337, help="seeds the val (and finetune) batches")
+    p.add_argument('--seed', type=int, default=0, help="seeds the val (and finetune) batches")
     p.add_argument('--finetune_iters', type=int, default=0, help="AdamW steps of healing after switching")
     p.add_argument('--finetune_lr', type=float, default=1e-4)
     p.add_argument('--out_dir', default='out/linearize')
@@ -120,6 +123,22 @@ def short_names(paths):
     return names if len(set(names)) == len(names) else list(paths)
 
 
+def by_arm(rows, names):
+    """Rows aggregated over the seeds of each arm (checkpoint folders NAME_s<seed>): one per arm, order, k, with
+    the mean and std over seeds of every loss and Δ column, and the number of seeds n."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((arm_of(names[r['ckpt']]), r['order'], r['k']), []).append(r)
+    out = []
+    for (arm, order, k), rs in groups.items():
+        agg = {'arm': arm, 'order': order, 'k': k, 'n': len(rs)}
+        for c in ('val_loss', 'delta_pct', 'ft_val_loss', 'ft_delta_pct'):
+            if c in rs[0]:
+                agg[c], agg[c + '_std'] = mean_std([r[c] for r in rs])
+        out.append(agg)
+    return out
+
+
 def plot(rows, args, block_size, path):
     import matplotlib
     matplotlib.use('Agg')
@@ -129,6 +148,18 @@ def plot(rows, args, block_size, path):
     styles = {'first': '-', 'last': '--', 'cascade': ':'}
     finetuned = args.finetune_iters > 0
     deltas = []
+    arms = by_arm(rows, names)
+    if any(a['n'] > 1 for a in arms):   # several seeds of an arm: mean over seeds, ± std band
+        for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
+            for order in args.order:
+                rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
+                ks, d, sd = [a['k'] for a in rs], [a['delta_pct'] for a in rs], [a['delta_pct_std'] for a in rs]
+                ax.plot(ks, d, styles[order], marker='o', color=f'C{c}', label=f"{arm} ({order}, n={rs[0]['n']})")
+                if rs[0]['n'] > 1:
+                    ax.fill_between(ks, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)],
+                                    color=f'C{c}', alpha=0.15, lw=0)
+                deltas += d
+        args = argparse.Namespace(**{**vars(args), 'ckpt': [], 'finetune_iters': 0})   # no per-checkpoint lines
     for c, ckpt in enumerate(args.ckpt):
         for order in args.order:
             rs = [r for r in rows if r['ckpt'] == ckpt and r['order'] == order]
@@ -149,7 +180,8 @@ def plot(rows, args, block_size, path):
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel('softmax attention layers switched to ELU+1 (k)')
     ax.set_ylabel('validation PPL increase vs k = 0 (%)')
-    ax.set_title(f"Post-hoc linearization: {args.dataset} val, {args.num_batches}x{args.batch_size}x{block_size} tokens")
+    ax.set_title(f"Post-hoc linearization: {args.dataset} val, "
+                 f"{args.num_batches}x{args.batch_size}x{block_size} tokens")
     ax.grid(True, alpha=0.3)
     if len(ax.get_lines()) > 7:   # many curves: legend beside the plot
         fig.set_size_inches(11, 5)
@@ -170,7 +202,7 @@ def main(argv=None):
     for path in args.ckpt:
         model, ckpt = GPT.from_checkpoint(path, 'cpu')
         shapes.append(dict(block_size=model.config.block_size, vocab_size=model.config.vocab_size,
-                           dataset=ckpt.get('config', {}).get('dataset'),
+                           dataset=ckpt.get('config', {}).get('dataset'), chars=ckpt.get('chars'),
                            n_softmax=sum(a.kind != 'linear' for a in model.attention_layers())))
         del model, ckpt
     if args.dataset is None:
@@ -182,13 +214,18 @@ def main(argv=None):
     max_block = min(s['block_size'] for s in shapes)
     block_size = args.block_size or max_block
     if not 1 <= block_size <= max_block:
-        raise SystemExit(f"error: --block_size={block_size} must be between 1 and the checkpoints' block size {max_block}")
+        raise SystemExit(f"error: --block_size={block_size} must be between 1 and the checkpoints' "
+                         f"block size {max_block}")
     val = data.open_split(args.data_root, args.dataset, 'val')
     train = data.open_split(args.data_root, args.dataset, 'train') if args.finetune_iters else None
     for split, d in (('val', val), ('train', train)):
         if d is not None and len(d) <= block_size + 1:
             raise SystemExit(f"error: {args.data_root}/{args.dataset}/{split}.bin has {len(d)} tokens, too few "
                              f"for block_size={block_size}: lower --block_size or prepare more data")
+    chars = data.read_meta(args.data_root, args.dataset).get('chars')
+    if any(s['chars'] != chars for s in shapes):
+        raise SystemExit(f"error: {args.dataset} has another vocabulary than a checkpoint: evaluate on data "
+                         f"tokenized like its training data (--dataset)")
     batches = [data.get_batch(val, args.batch_size, block_size, [args.seed, 1, 0, i]) for i in range(args.num_batches)]
     top, vocab = max(int(x.max()) for x, _ in batches), min(s['vocab_size'] for s in shapes)
     if top >= vocab:
@@ -244,18 +281,25 @@ def main(argv=None):
     writer.writeheader()
     for r in rows:
         writer.writerow({c: f"{r[c]:.6f}" if isinstance(r[c], float) else r[c] for c in columns})
-    try:
-        with open(csv_path + '.tmp', 'w') as f:
-            f.write(buf.getvalue())
-        plot(rows, args, block_size, png_path + '.tmp')
-        os.replace(csv_path + '.tmp', csv_path)
-        os.replace(png_path + '.tmp', png_path)
-    finally:
-        for tmp in (csv_path + '.tmp', png_path + '.tmp'):
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
     names = dict(zip(args.ckpt, short_names(args.ckpt)))
+    arms = by_arm(rows, names)
+    arms_buf = io.StringIO()
+    writer = csv.DictWriter(arms_buf, fieldnames=list(arms[0]), lineterminator='\n')
+    writer.writeheader()
+    writer.writerows({c: f"{v:.6f}" if isinstance(v, float) else v for c, v in a.items()} for a in arms)
+    outputs = {csv_path: buf.getvalue(), os.path.join(args.out_dir, 'linearize_arms.csv'): arms_buf.getvalue()}
+    try:
+        for path, text in outputs.items():
+            with open(path + '.tmp', 'w') as f:
+                f.write(text)
+        plot(rows, args, block_size, png_path + '.tmp')
+        for path in [*outputs, png_path]:
+            os.replace(path + '.tmp', path)
+    finally:
+        for path in [*outputs, png_path]:
+            if os.path.exists(path + '.tmp'):
+                os.remove(path + '.tmp')
+
     header = f"{'ckpt':<20} {'order':<8} {'k':>3} {'linear layers':<16} {'val loss':>9} {'ppl':>10} {'Δppl %':>9}"
     if args.finetune_iters:
         header += f" {'healed loss':>11} {'healed ppl':>10} {'Δ %':>9}"
@@ -266,7 +310,18 @@ def main(argv=None):
         if args.finetune_iters:
             line += f" {r['ft_val_loss']:>11.4f} {r['ft_ppl']:>10.2f} {r['ft_delta_pct']:>+9.2f}"
         print(line)
-    print(f"wrote {csv_path} and {png_path}")
+    if any(a['n'] > 1 for a in arms):
+        print("\nmean ± std over seeds (arms: checkpoint folders NAME_s<seed>)")
+        for order in args.order:
+            for arm in dict.fromkeys(a['arm'] for a in arms):
+                rs = sorted((a for a in arms if a['arm'] == arm and a['order'] == order), key=lambda a: a['k'])
+                cells = ' '.join(f"{a['delta_pct']:+.1f}±{a['delta_pct_std']:.1f}" for a in rs)
+                heal = ' | healed: ' + ' '.join(f"{a['ft_delta_pct']:+.1f}±{a['ft_delta_pct_std']:.1f}" for a in rs) \
+                    if args.finetune_iters else ''
+                loss = f"{rs[0]['val_loss']:.4f}±{rs[0]['val_loss_std']:.4f}"
+                print(f"{arm:<24} {order:<8} n={rs[0]['n']} val loss {loss}"
+                      f"  ΔPPL % for k = 0..{rs[-1]['k']}: {cells}{heal}")
+    print(f"wrote {', '.join(outputs)} and {png_path}")
     return rows
 
 

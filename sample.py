@@ -1,5 +1,5 @@
 """
-Sample from a trained checkpoint or a pretrained GPT-2:
+Sample from a trained checkpoint (its vocabulary, characters or GPT-2 BPE, travels in it) or a pretrained GPT-2:
     python sample.py --out_dir=out/quick_sd --start="ROMEO:" --num_samples=3
     python sample.py --init_from=gpt2 --start="FILE:prompt.txt"
 """
@@ -10,7 +10,7 @@ import torch
 
 from configurator import configure
 from model import GPT
-from prepare import get_encoding
+from prepare import codec
 
 init_from = 'resume'      # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-medium', ...)
 out_dir = 'out'
@@ -27,20 +27,18 @@ globals().update(config)
 
 torch.manual_seed(seed)
 if init_from == 'resume':
-    model, _ = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+    model, ckpt = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
 else:
-    model = GPT.from_pretrained(init_from).to(device)
+    model, ckpt = GPT.from_pretrained(init_from).to(device), {}
 model.eval()
-enc = get_encoding()
+encode, decode = codec(ckpt.get('chars'))
 if start.startswith('FILE:'):
     with open(start[5:], encoding='utf-8') as f:
         start = f.read()
-ids = enc.encode(start, allowed_special={'<|endoftext|>'}) or [enc.eot_token]
+ids = encode(start) or encode('\n' if ckpt.get('chars') else '<|endoftext|>')
 if max(ids) >= model.config.vocab_size:
     sys.exit(f"error: the prompt has token ids beyond this model's vocabulary ({model.config.vocab_size})")
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, -model.config.block_size:]
 for _ in range(num_samples):
-    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
-    # a model trained from scratch on a padded vocabulary may emit the unused ids past GPT-2's 50257
-    print(enc.decode([t for t in y[0].tolist() if t < enc.n_vocab]))
+    print(decode(model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)[0].tolist()))
     print('---------------')

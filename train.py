@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 
 import torch
 from torch.distributed import destroy_process_group, init_process_group
@@ -54,6 +53,7 @@ head_dim = None
 sd_rank = None
 sd_filter = 'diag'
 linear_chunk = 64
+emb_scale = None                    # None: sqrt(n_embd) without LayerNorm in the blocks, else 1
 # AdamW and schedule
 learning_rate = 6e-4
 max_iters = 600000
@@ -73,7 +73,8 @@ compile = True
 deterministic = False               # bitwise-reproducible kernels (slower)
 peak_flops = 989e12                 # for MFU: H100 SXM dense bf16; measure yours with bench.py
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, list, type(None)))]
+config_keys = [k for k, v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str, list, type(None)))]
 config = {k: globals()[k] for k in config_keys}
 configure(config)
 globals().update(config)
@@ -135,8 +136,10 @@ if min(len(d) for d in splits.values()) <= block_size:
 
 def get_batch(split, it, micro):
     """Batch `micro` of iteration `it` (-1: evaluation), seeded by (seed, split, it, micro) alone: exact
-    resume, and the same global batch for any number of DDP processes."""
-    x, y = data.get_batch(splits[split], batch_size, block_size, [seed, split == 'val', it + 1, micro])
+    resume, and the same global batch for any number of DDP processes. Evaluation batches do not depend
+    on the seed: every run on a dataset is evaluated on the same batches."""
+    rng_seed = [seed if it >= 0 else 0, split == 'val', it + 1, micro]
+    x, y = data.get_batch(splits[split], batch_size, block_size, rng_seed)
     if device_type == 'cuda':
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x, y
@@ -144,9 +147,9 @@ def get_batch(split, it, micro):
 
 # model --------------------------------------------------------------------------
 model_keys = ['n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
-              'sd_rank', 'sd_filter', 'linear_chunk']
-vocab = meta.get('vocab_size', 50257)
-model_args = {k: config[k] for k in model_keys} | {'vocab_size': 64 * math.ceil(vocab / 64)}
+              'sd_rank', 'sd_filter', 'linear_chunk', 'emb_scale']
+vocab, chars = meta.get('vocab_size', 50257), meta.get('chars')   # chars: a character-level dataset's vocabulary
+model_args = {k: config[k] for k in model_keys} | {'vocab_size': vocab if chars else 64 * math.ceil(vocab / 64)}
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if meta.get('max_token_id', 0) >= vocab:
@@ -167,6 +170,8 @@ if init_from == 'resume':
     if differ:
         fail("the config's model settings differ from the checkpoint's: " +
              ', '.join(f"{k}={config[k]!r} vs saved {saved.get(k)!r}" for k in differ))
+    if checkpoint.get('chars') != chars:
+        fail(f"{data_dir} has another vocabulary than {ckpt_path}: resume on the dataset it was trained on")
     model_args = checkpoint['model_args']
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
 elif init_from.startswith('gpt2'):
@@ -233,7 +238,7 @@ def estimate_loss():
 def save_checkpoint():
     """Write to a temporary file, flush to disk, then atomically rename over ckpt.pt."""
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
-            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config}
+            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config, 'chars': chars}
     tmp = ckpt_path + '.tmp'
     with open(tmp, 'wb') as f:
         torch.save(ckpt, f)
@@ -296,8 +301,9 @@ nan_hint = f"{ckpt_path} keeps the last good state: lower learning_rate or raise
 bad_iter = torch.tensor(sys.maxsize, device=device)   # first iteration with a non-finite loss or gradient
 loss_sum = torch.zeros((), device=device)
 saved_iter = iter_num if init_from == 'resume' else -1
-t0, t_start, iters_since = time.time(), time.time(), 0
-bar = tqdm(total=max_iters, initial=iter_num, disable=not master or not sys.stderr.isatty(), dynamic_ncols=True, desc='train')
+t0, t_start, iters_since, lr = time.time(), time.time(), 0, get_lr(iter_num)
+bar = tqdm(total=max_iters, initial=iter_num, disable=not master or not sys.stderr.isatty(), dynamic_ncols=True,
+           desc='train')
 while True:
     if ddp and iter_num % log_interval == 0:   # every process must agree to stop at the same iteration
         flag = torch.tensor(float(len(stop_signal)), device=device)

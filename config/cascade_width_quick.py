@@ -1,11 +1,11 @@
-# Quick cascade-allocated width on tiny shakespeare (CPU, minutes): head_dim 8, 8, 16, 32 by layer,
-# S−D without LayerNorm; compare with config/quick_sd.py.  python train.py config/cascade_width_quick.py
+# Quick cascade-allocated width: head_dim 8, 8, 16, 32 by layer, S−D without LayerNorm; compare with
+# config/quick_sd.py.
 out_dir = 'out/cascade_width_quick'
-dataset = 'shakespeare'
-n_layer, n_head, n_embd = 4, 4, 128
 attn, norm = 'sd', 'none'
 head_dim = [8, 8, 16, 32]
-batch_size, gradient_accumulation_steps, block_size = 8, 1, 256
-max_iters, learning_rate, min_lr, warmup_iters = 600, 2e-3, 2e-4, 50
-eval_interval, eval_iters, log_interval = 100, 20, 10
+dataset = 'shakespeare_char'
+n_layer, n_head, n_embd = 4, 4, 128
+batch_size, gradient_accumulation_steps, block_size = 12, 1, 64
+max_iters, learning_rate, min_lr, warmup_iters, beta2 = 2000, 4e-3, 4e-4, 100, 0.99
+eval_interval, eval_iters, log_interval = 250, 50, 10
 device, dtype, compile = 'cpu', 'float32', False

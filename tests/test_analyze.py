@@ -311,6 +311,12 @@ def test_main_dataset(tmp_path):
         data_rows = [r for r in csv.DictReader(f) if r['level'] == 'data']
     assert len(data_rows) == 4 and all(float(r['n']) == 16 for r in data_rows)   # cut to block_size
     assert 'interaction A' in (tmp_path / 'c.py').read_text()                     # derived from the data level
+    analyze.main(args + ['--allocate', 'width'])   # width follows the cascade: the most-routing layer keeps 16
+    overrides = configure(train_defaults(), [str(tmp_path / 'c.py')])
+    summary = json.loads((tmp_path / 'o' / 'summary.json').read_text())['models']['m']['data']['routing_erank']['mean']
+    e = [round(x, 2) for x in summary]   # suggest_config's rounding
+    assert overrides['head_dim'] == [max(8, 8 * round(16 * x / max(e) / 8)) for x in e]
+    assert 16 in overrides['head_dim'] and 'sd_rank' not in overrides
     with pytest.raises(SystemExit, match='not enough'):
         analyze.main(args[:-2] + ['--seq_len', '600'])
 
@@ -334,3 +340,17 @@ def test_bad_arguments_are_one_line_errors(argv):
     with pytest.raises(SystemExit) as e:
         analyze.main(argv)
     assert str(e.value.code).startswith('error:') and '\n' not in str(e.value.code)
+
+
+def test_config_files_compose():
+    """Variant files see the values set before them: the 6-layer hybrid of the S−D quickstart, a referee control."""
+    C = lambda name: os.path.join(REPO, 'config', name)   # noqa: E731
+    defaults = train_defaults() | {'device': 'cpu', 'dtype': 'float32'}
+    config = dict(defaults)
+    overrides = configure(config, [C('quick_sd.py'), C('deep.py'), C('hybrid_third.py'), '--seed=2'])
+    assert overrides['attn'] == ['linear'] * 2 + ['sd'] * 4 and config['n_layer'] == 6 and config['seed'] == 2
+    assert configure(dict(defaults), [C('quick_sd.py'), C('hybrid_third.py')])['attn'] == ['linear'] + ['sd'] * 3
+    config = dict(defaults)
+    configure(config, [C('quick_std.py'), C('nonorm.py')])
+    assert (config['attn'], config['norm'], config['dataset']) == ('standard', 'none', 'shakespeare_char')
+    assert 'norm' not in configure(dict(defaults), [C('deep.py')])   # only what a file assigns is an override

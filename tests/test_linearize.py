@@ -17,6 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import data  # noqa: E402
 import linearize  # noqa: E402
+import prepare  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 TEXT = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare.txt')
@@ -26,30 +27,29 @@ FAST = ['--max_iters=3', '--eval_interval=3', '--eval_iters=1', '--batch_size=2'
         '--log_interval=1']   # quick configs: their shape, fewer and smaller batches
 
 # Parameter counts as stated in the report / README: (non-embedding params as train.py prints them, attention params)
-# with GPT-2's padded vocabulary 50304. Baselines: config/sd_125m.py, config/std_125m.py, config/quick_sd.py.
+# with GPT-2's padded vocabulary 50304 (quick configs: 65 characters).
+# Baselines: config/sd_125m.py, config/std_125m.py, config/quick_sd.py.
 COUNTS = {
     'sd_125m': (117_089_280, 21_832_704),
     'std_125m': (123_587_328, 28_311_552),
-    'quick_sd': (7_176_704, 213_504),
-    'quick_std': (7_226_496, 262_144),
+    'quick_sd': (746_112, 213_504),
+    'quick_std': (795_904, 262_144),
     'hybrid_elu4_125m': (119_248_896, 23_992_320),
     'hybrid_elu4_std_125m': (123_587_328, 28_311_552),
     'hybrid_elu1_sd_7m': (7_188_864, 225_664),
     'hybrid_elu1_std_7m': (7_226_496, 262_144),
-    'hybrid_elu1_quick_sd': (7_188_864, 225_664),
-    'hybrid_elu1_quick_std': (7_226_496, 262_144),
+    'hybrid_elu1_quick_sd': (758_272, 225_664),
+    'hybrid_elu1_quick_std': (795_904, 262_144),
     'cascade_rank_125m': (116_593_152, 21_336_576),       # 97.7% of sd_125m's attention (-2.3%)
     'cascade_width_125m': (105_385_440, 10_128_864),      # 46.4% (-53.6%)
     'cascade_rankwidth_125m': (105_274_464, 10_017_888),  # 45.9% (-54.1%)
-    'cascade_rank_quick': (7_162_880, 199_680),           # 93.5% of quick_sd's attention
-    'cascade_width_quick': (7_067_392, 104_192),          # 48.8%
-    'cpu_sd': (7_914_496, 427_008),
-    'cpu_sd+cascade_suggested_cpu': (7_891_200, 403_712),  # 94.5% of cpu_sd's attention (written by --suggest)
+    'cascade_rank_quick': (732_288, 199_680),           # 93.5% of quick_sd's attention
+    'cascade_width_quick': (636_800, 104_192),          # 48.8%
 }
 # attention params as % of the uniform S−D baseline of the same shape (what the README states)
 CASCADE_PCT = {'cascade_rank_125m': 97.7, 'cascade_width_125m': 46.4, 'cascade_rankwidth_125m': 45.9,
-               'cascade_rank_quick': 93.5, 'cascade_width_quick': 48.8, 'cpu_sd+cascade_suggested_cpu': 94.5}
-CASCADE_BASE = {name: 'sd_125m' if '125m' in name else 'cpu_sd' if name.startswith('cpu_sd') else 'quick_sd'
+               'cascade_rank_quick': 93.5, 'cascade_width_quick': 48.8}
+CASCADE_BASE = {name: 'sd_125m' if '125m' in name else 'quick_sd'
                 for name in CASCADE_PCT}
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
               'sd_rank', 'sd_filter', 'linear_chunk')
@@ -58,7 +58,7 @@ MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'n
 def model_args(name):
     """The GPTConfig arguments train.py builds from config/NAME.py (or from config/A.py config/B.py ...
     for NAME = 'A+B+...'): its defaults (read from train.py) updated by the config files; vocabulary
-    GPT-2's, padded to 50304."""
+    GPT-2's, padded to 50304, or for the character-level quick configs tiny shakespeare's 65 characters."""
     with open(os.path.join(REPO, 'train.py')) as f:
         args = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(f.read()).body
                 if isinstance(node, ast.Assign) and len(node.targets) == 1
@@ -67,7 +67,7 @@ def model_args(name):
     for part in name.split('+'):
         with open(os.path.join(REPO, 'config', part + '.py')) as f:
             exec(f.read(), scope)
-    return {k: scope.get(k, args[k]) for k in MODEL_KEYS} | {'vocab_size': 50304}
+    return {k: scope.get(k, args[k]) for k in MODEL_KEYS} | {'vocab_size': 65 if 'quick' in name else 50304}
 
 
 ENV = os.environ | {'OMP_NUM_THREADS': '1'}   # tiny models: threads only contend on a shared CPU
@@ -97,6 +97,7 @@ def data_root(tmp_path_factory):
     ids[:n].tofile(root / 'tiny' / 'train.bin')
     ids[n:].tofile(root / 'tiny' / 'val.bin')
     (root / 'tiny' / 'meta.json').write_text(json.dumps({'vocab_size': 50257, 'max_token_id': int(ids.max())}))
+    prepare.main(['--input', TEXT, '--name', 'tiny_char', '--char', '--out_dir', str(root)])   # 65 characters
     return str(root)
 
 
@@ -130,7 +131,7 @@ def quick_runs(data_root, tmp_path_factory):
     """The quick hybrid / cascade configs, 3 iterations each through train.py on the tiny dataset:
     {name: (out_dir, stdout)}. One process runs train.py once per config, so torch is imported once."""
     out = tmp_path_factory.mktemp('quick')
-    argv = {name: ['train.py', f'config/{name}.py', *FAST, f'--data_root={data_root}', '--dataset=tiny',
+    argv = {name: ['train.py', f'config/{name}.py', *FAST, f'--data_root={data_root}', '--dataset=tiny_char',
                    f'--out_dir={out / name}'] for name in QUICK}
     driver = ("import runpy, sys\n"
               f"for name, argv in {argv!r}.items():\n"
@@ -169,7 +170,7 @@ def fake_erank(monkeypatch):
 def test_k0_reproduces_val_loss_and_k_max_is_all_linear(tmp_path, data_root, ckpts):
     rows = run(tmp_path, data_root, '--ckpt', ckpts['sd'], ckpts['std'], '--order', 'first', 'last')
     val = data.open_split(data_root, 'tiny', 'val')
-    batches = [data.get_batch(val, 4, 32, [1337, 1, 0, i]) for i in range(2)]
+    batches = [data.get_batch(val, 4, 32, [0, 1, 0, i]) for i in range(2)]   # train.py's eval batches
     for path in ckpts.values():
         model, _ = GPT.from_checkpoint(path)
         model.eval()
@@ -236,7 +237,7 @@ def test_trained_linear_layers_count_as_linear(tmp_path, data_root, quick_runs):
     ckpt = str(out_dir / 'ckpt.pt')
     # train.py's val batches with its batch_size, block_size and eval_iters: k = 0 is its logged val loss
     rows = run(tmp_path, data_root, '--ckpt', ckpt, '--order', 'first', 'last', '--batch_size', '2',
-               '--num_batches', '1')
+               '--num_batches', '1', '--dataset', 'tiny_char')
     with open(out_dir / 'log.jsonl') as f:
         logged = [json.loads(line) for line in f if 'val_loss' in line][-1]['val_loss']
     assert rows[0]['val_loss'] == pytest.approx(logged, rel=1e-6)

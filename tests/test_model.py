@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from model import GPT, GPTConfig, elu_linear_attention
+from model import GPT, GPTConfig, elu_linear_attention, elu_linear_step
 
 torch.manual_seed(0)
 
@@ -135,6 +137,81 @@ def test_cached_generation_equals_full_recompute(attn):
         logits, _ = model(idx[:, -24:])
         idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, idx)
+
+
+@pytest.mark.parametrize('attn', ATTNS, ids=str)
+@pytest.mark.parametrize('prompt_len', [1, 5])
+def test_generated_logits_equal_a_full_forward(attn, prompt_len):
+    """Every logit generate() samples from equals a full forward of the window it saw: the prompt, the
+    one-token steps (k/v cache, ELU+1 state), and the re-encoded window past block_size."""
+    model = GPT(tiny(attn=attn, block_size=24)).eval()
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out[:, -1].clone()))
+    out = model.generate(torch.randint(0, 96, (2, prompt_len)), 40, temperature=2.0)   # sampled, not greedy
+    hook.remove()
+    assert len(seen) == 40 and out.shape == (2, prompt_len + 40) and not out.is_inference()
+    with torch.no_grad():
+        for i, logits in enumerate(seen):
+            window = out[:, :prompt_len + i][:, -24:]
+            torch.testing.assert_close(logits, model(window)[0][:, -1], rtol=1e-5, atol=1e-5)
+
+
+class NewTensors(TorchDispatchMode):
+    """Logs each aten op and the element count of its largest output that is new memory (not a view
+    of, or written into, one of its inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        new = [t.numel() for t in tree_leaves(out)
+               if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs]
+        self.ops.append((func.overloadpacket.__name__, max(new, default=0)))
+        return out
+
+
+def decode_step(model, context):
+    """(ops of one decode step after `context` tokens, the cache)."""
+    cache = [dict(size=context + 1) for _ in range(model.config.n_layer)]
+    idx = torch.randint(0, 96, (1, context + 1))
+    with torch.no_grad():
+        model(idx[:, :-1], cache=cache)
+        with NewTensors() as log:
+            model(idx[:, -1:], cache=cache, pos=context)
+    return log.ops, cache
+
+
+@pytest.mark.parametrize('attn', ATTNS, ids=str)
+def test_a_decode_step_copies_nothing_that_grows_with_the_context(attn):
+    model = GPT(tiny(attn=attn)).eval()
+    short, _ = decode_step(model, 8)
+    ops, cache = decode_step(model, 48)
+    assert ops == short   # the same ops and new tensors at context 8 and 48: only the attention's read grows
+    names = {name for name, _ in ops}
+    assert 'cat' not in names and max(n for _, n in ops) < 48 * 32   # smaller than one layer's k cache
+    for c, a in zip(cache, model.attention_layers()):
+        if a.linear:   # the recurrent step, not the chunked kernel
+            assert not names & {'cumsum', 'constant_pad_nd', 'tril'} and 'k' not in c
+            assert c['state'][0].shape == (1, 2, 16, 16)
+        else:          # the new token went into the preallocated buffer
+            assert c['n'] == 49 and c['k'].shape == (1, 2, 49, 16) and 'state' not in c
+
+
+def test_elu_linear_step_continues_the_chunked_form():
+    q, k, v = (torch.randn(2, 3, 13, 8) for _ in range(3))
+    expected = naive_linear_attention(q, k, v)
+    y0, _ = elu_linear_step(q[:, :, :1], k[:, :, :1], v[:, :, :1])   # the first token, no state yet
+    torch.testing.assert_close(y0.double(), expected[:, :, :1], rtol=1e-5, atol=1e-6)
+    _, state = elu_linear_attention(q[:, :, :12], k[:, :, :12], v[:, :, :12], 4)
+    y, new_state = elu_linear_step(q[:, :, 12:], k[:, :, 12:], v[:, :, 12:], state)
+    torch.testing.assert_close(y.double(), expected[:, :, 12:], rtol=1e-5, atol=1e-6)
+    for a, b in zip(new_state, elu_linear_attention(q, k, v, 4)[1]):
+        torch.testing.assert_close(a, b)
+    y16, state16 = elu_linear_step(*(t[:, :, 12:].bfloat16() for t in (q, k, v)), state)
+    assert y16.dtype == torch.bfloat16 and state16[0].dtype == torch.float32   # the state stays fp32
 
 
 def test_from_hf_gpt2_gives_the_same_logits():

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every number and figure of the README's Results, on character-level tiny shakespeare, on a CPU:
+#   bash experiments.sh [path/to/tinyshakespeare.txt]     (no argument: prepare.py downloads it)
+# Trains each run that has not finished yet (two at a time, one thread each; a run is 4-7 minutes on one core),
+# then writes the tables to out/results/ and the figures to docs/. Runs are out/exp/ARM_s<seed>.
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -f data/shakespeare_char/meta.json ]; then
+  if [ $# -gt 0 ]; then python prepare.py --input "$1" --name shakespeare_char --char
+  else python prepare.py shakespeare_char; fi
+fi
+SEEDS="1337 2 3"
+
+train() {   # lines "ARM CONFIG... [--key=value...]" -> every seed of every arm, two at a time
+  while read -r arm args; do
+    for s in $SEEDS; do echo "${arm}_s$s $args --seed=$s"; done
+  done | xargs -P 2 -L 1 bash -c 'd=out/exp/$0
+    grep -qs "\"iter\": 2000, \"train_loss\"" $d/log.jsonl && exit 0
+    mkdir -p $d && OMP_NUM_THREADS=1 python train.py "$@" --out_dir=$d > $d/stdout.txt 2>&1
+    echo "$0: $(tail -1 $d/stdout.txt)"'
+}
+arms() { for a in "$@"; do for s in $SEEDS; do echo out/exp/${a}_s$s; done; done; }
+mkdir -p out/results docs
+
+# 1. Training without LayerNorm (4 layers x 128, 2,000 iterations): each arm at its best learning rate
+train <<'EOF'
+ln_std config/quick_std.py
+ln_sd config/quick_sd.py
+ln_sd_emb1 config/quick_sd.py --emb_scale=1.0
+ln_std_nonorm config/quick_std.py config/nonorm.py
+ln_sd_ln config/quick_sd.py config/layernorm.py
+EOF
+python runs.py $(arms ln_std ln_sd ln_sd_emb1 ln_std_nonorm ln_sd_ln) --out docs/ln_curves.png --csv out/results/ln.csv
+
+# 2. The paper's claims (6 layers x 128): the cascade with its referee controls, hybrids, linearization
+train <<'EOF'
+d6_sd config/quick_sd.py config/deep.py
+d6_std config/quick_std.py config/deep.py
+d6_sd_emb1 config/quick_sd.py config/deep.py --emb_scale=1.0
+d6_std_nonorm config/quick_std.py config/deep.py config/nonorm.py
+d6_sd_ln config/quick_sd.py config/deep.py config/layernorm.py
+d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
+d6_hybrid_std config/quick_std.py config/deep.py config/hybrid_third.py
+EOF
+python analyze.py --ckpt out/exp/d6_sd_s1337 --dataset shakespeare_char --seq_len 64 --out_dir out/results/suggest \
+  --suggest config/cascade_width_suggested.py --allocate width
+train <<'EOF'
+d6_cascade_width config/quick_sd.py config/cascade_width_suggested.py
+EOF
+D6="d6_sd d6_sd_emb1 d6_std d6_std_nonorm d6_sd_ln"
+python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_cascade_width) --out docs/d6_curves.png --csv out/results/d6.csv
+python analyze.py --ckpt $(arms $D6) --dataset shakespeare_char --num_seqs 32 --seq_len 64 --out_dir out/results/cascade6
+python analyze.py --ckpt $(arms ln_sd ln_sd_emb1 ln_std ln_std_nonorm ln_sd_ln) --dataset shakespeare_char \
+  --num_seqs 32 --seq_len 64 --out_dir out/results/cascade4
+cp out/results/cascade6/cascade.png docs/cascade6.png
+cp out/results/cascade4/cascade.png docs/cascade4.png
+for depth in 4 6; do
+  [ $depth = 4 ] && m="ln_sd ln_sd_emb1 ln_std ln_std_nonorm ln_sd_ln" || m="$D6"
+  python linearize.py --ckpt $(for r in $(arms $m); do echo $r/ckpt.pt; done) --order first cascade \
+    --num_batches 20 --batch_size 12 --out_dir out/results/linearize$depth
+  cp out/results/linearize$depth/linearize.png docs/linearize$depth.png
+done

@@ -1,0 +1,91 @@
+"""Several seeds of one arm (folders NAME_s<seed>): runs.py, analyze.py and linearize.py report mean ± std over
+seeds, computed from the per-seed numbers they also report."""
+import csv
+import json
+import os
+import statistics
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+import linearize
+import runs
+from conftest import write_dataset
+from model import GPT, GPTConfig
+
+
+def save(path, config, seed):
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(seed)
+    model = GPT(config)
+    torch.save({'model': model.state_dict(), 'model_args': asdict(config), 'iter_num': 0, 'best_val_loss': 9.9,
+                'config': {'dataset': 'tiny'}}, os.path.join(path, 'ckpt.pt'))
+
+
+@pytest.fixture(scope='module')
+def seeds(tmp_path_factory):
+    """Three seeds of arm 'sd' and one of arm 'std' (tiny, random weights), and a dataset they read."""
+    tmp = tmp_path_factory.mktemp('seeds')
+    config = dict(block_size=16, vocab_size=64, n_layer=3, n_head=2, n_embd=32)
+    for seed in (1, 2, 3):
+        save(tmp / f'sd_s{seed}', GPTConfig(**config, attn='sd', norm='none'), seed)
+    save(tmp / 'std_s1', GPTConfig(**config), 9)
+    write_dataset(str(tmp / 'data'), 'tiny', np.random.default_rng(0).integers(0, 64, 3000), 64)
+    return tmp
+
+
+def test_arm_of():
+    assert runs.arm_of('sd_none_s12') == 'sd_none' and runs.arm_of('sd_s1x') == 'sd_s1x' and runs.arm_of('a') == 'a'
+
+
+def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
+    finals = {'a_s1': 1.50, 'a_s2': 1.60, 'a_s3': 1.55, 'b_s1': 2.0, 'b_s2': 9.0}
+    for name, final in finals.items():
+        os.makedirs(tmp_path / name)
+        last = 100 if name != 'b_s2' else 50   # b_s2 did not finish: left out of the mean
+        lines = [{'iter': 0, 'val_loss': 4.0}, {'iter': 9, 'loss': 3.0, 'tokens_per_s': 1000.0},
+                 {'iter': last, 'val_loss': final}]
+        (tmp_path / name / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+    rows = {r['arm']: r for r in runs.main([str(tmp_path / n) for n in finals] + ['--out', str(tmp_path / 'c.png')])}
+    assert rows['a']['seeds'] == 3 and rows['a']['val_loss'] == pytest.approx(1.55)
+    assert rows['a']['std'] == pytest.approx(statistics.stdev([1.50, 1.60, 1.55]))
+    assert rows['b']['seeds'] == 1 and rows['b']['val_loss'] == 2.0
+    assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_analyze_arms_are_mean_and_std_of_the_seeds(seeds):
+    out = seeds / 'an'
+    analyze.main(['--ckpt', *(str(seeds / n) for n in ('sd_s1', 'sd_s2', 'sd_s3', 'std_s1')), '--out_dir', str(out)])
+    summary = json.loads((out / 'summary.json').read_text())
+    assert list(summary['arms']) == ['sd']   # std has one seed: no arm entry
+    arm = summary['arms']['sd']
+    assert arm['seeds'] == ['sd_s1', 'sd_s2', 'sd_s3']
+    with open(out / 'heads.csv') as f:
+        rows = [r for r in csv.DictReader(f) if r['level'] == 'weight']
+    for metric in ('routing_erank', 'd_scalarness'):
+        for layer in range(3):
+            per_seed = [statistics.mean(float(r[metric]) for r in rows if r['model'] == m and int(r['layer']) == layer)
+                        for m in arm['seeds']]
+            # heads.csv keeps 8 digits
+            assert arm['weight'][metric]['mean'][layer] == pytest.approx(statistics.mean(per_seed), rel=1e-5)
+            assert arm['weight'][metric]['std'][layer] == pytest.approx(statistics.stdev(per_seed), rel=1e-4)
+
+
+def test_linearize_arms_are_mean_and_std_of_the_seeds(seeds, capsys):
+    out = seeds / 'lin'
+    rows = linearize.main(['--ckpt', *(str(seeds / n / 'ckpt.pt') for n in ('sd_s1', 'sd_s2', 'sd_s3', 'std_s1')),
+                           '--data_root', str(seeds / 'data'), '--num_batches', '2', '--batch_size', '4',
+                           '--device', 'cpu', '--out_dir', str(out)])
+    with open(out / 'linearize_arms.csv') as f:
+        arms = list(csv.DictReader(f))
+    assert {(a['arm'], a['n']) for a in arms} == {('sd', '3'), ('std', '1')}
+    for a in arms:
+        if a['arm'] == 'sd':
+            per_seed = [r['delta_pct'] for r in rows if '/sd_s' in r['ckpt'] and r['k'] == int(a['k'])]
+            assert len(per_seed) == 3
+            assert float(a['delta_pct']) == pytest.approx(statistics.mean(per_seed), abs=1e-5)
+            assert float(a['delta_pct_std']) == pytest.approx(statistics.stdev(per_seed), abs=1e-5)
+    assert 'mean ± std over seeds' in capsys.readouterr().out
