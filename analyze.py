@@ -1,5 +1,5 @@
 """
-Routing and filtering structure of attention heads (SCIENCE.md §1–2). Two levels per head:
+Routing and filtering structure of attention heads (README: the idea). Two levels per head:
   weight  the kernel M = W_q^T W_k (d_model x d_model), and for S−D heads the generator S − D;
   data    the interaction matrix A = Q K^T / sqrt(d_h) (T x T, pre-softmax, biases included, unmasked)
           on real sequences, averaged over the sequences.
@@ -43,7 +43,7 @@ LEVELS = {'weight': 'weight kernel M = W_q^T W_k', 'data': 'interaction A = QK^T
 
 
 # -----------------------------------------------------------------------------
-# metrics (SCIENCE.md §2): one definition each, used by every level, model family and plot
+# metrics (README: the idea): one definition each, used by every level, model family and plot
 
 def erank(s, ref=None):
     """Effective rank exp(H(p)), p = s / sum(s), of singular values s (..., k) (Roy & Vetterli 2007).
@@ -70,7 +70,7 @@ def kernel_metrics(W_q, W_k, eig=True):
 
     With B = [W_q^T, W_k^T] = Q R (Q: n x 2d_h, orthonormal columns; R = [R_q, R_k]), M = Q (R_q R_k^T) Q^T:
     M, its symmetric and its skew part have the singular values, norms and nonzero eigenvalues of the
-    2d_h x 2d_h matrix K = R_q R_k^T and its parts (SCIENCE.md §2, Cost). Any R with R^T R = G = B^T B will do,
+    2d_h x 2d_h matrix K = R_q R_k^T and its parts. Any R with R^T R = G = B^T B will do,
     so R is the Cholesky factor of the Gram matrix (3 n d_h^2 multiply-adds, several times faster than a QR
     of B), and comes from a QR of B only where G is (nearly) singular: S−D heads, where W_q = L^T W lies in
     the span of W_k = W; n < 2d_h; W_q = W_k, whose skew part then comes out ~1e-16 rather than ~1e-8."""
@@ -131,7 +131,7 @@ def interaction_metrics(q, k):
 
 
 def sd_metrics(S, D):
-    """S−D heads (SCIENCE.md §3): erank of S (H, d, d), its rotation frequencies |Im eig(S)| (H, d//2), one per
+    """S−D heads: erank of S (H, d, d), its rotation frequencies |Im eig(S)| (H, d//2), one per
     +-i w pair, descending (a skew matrix's singular values are those |eigenvalues|, in equal pairs), and
     D's (H, d) scalar-ness std/mean (0: one scalar per head)."""
     s = torch.linalg.svdvals(S.double())

@@ -1,5 +1,5 @@
 """
-Post-hoc linearization (SCIENCE.md §4): switch k softmax attention layers of a trained model to ELU+1
+Post-hoc linearization: switch k softmax attention layers of a trained model to ELU+1
 linear attention that reuses each layer's own q and k, no retraining, and measure validation PPL.
 
     python linearize.py --ckpt out/sd_125m/ckpt.pt --ckpt out/std_125m/ckpt.pt --dataset openwebtext

@@ -2,8 +2,8 @@
 A GPT whose attention is switchable per layer between
   'standard' softmax attention (q, k, v projections, SDPA / flash),
   'sd'       S−D attention: scores u_i^T (S − D) u_j / sqrt(d_h) with one shared projection u = W x,
-             S skew-symmetric (routing) and D positive diagonal (filtering), SCIENCE.md §3,
-  'linear'   ELU+1 linear attention (Katharopoulos et al. 2020), SCIENCE.md §4.
+             S skew-symmetric (routing) and D positive diagonal (filtering),
+  'linear'   ELU+1 linear attention (Katharopoulos et al. 2020).
 All three are one class, `Attention`: a projection (q/k, or u with the S−D generator) followed by a
 mixer (softmax or ELU+1). Any softmax layer can be switched to the ELU+1 mixer post hoc
 (`GPT.linearize`), reusing its own q and k. LayerNorm is optional (`norm='none'`).
@@ -76,7 +76,7 @@ class GPTConfig:
 
 
 def elu_linear_attention(q, k, v, chunk=64, state=None):
-    """Causal, normalized ELU+1 linear attention (SCIENCE.md §4), chunkwise parallel.
+    """Causal, normalized ELU+1 linear attention, chunkwise parallel.
 
     q, k, v: (B, H, T, d). Inside a chunk of length C the causal quadratic form is used; across chunks
     a running state (sum phi(k)^T v, sum phi(k)), kept in fp32, carries the past: O(T C d + T d^2).
@@ -198,7 +198,7 @@ class Attention(nn.Module):
 
     def head_weights(self):
         """Per head x-space projections W_q, W_k (H, d, n_embd) with weight kernel M = W_q^T W_k
-        (SCIENCE.md §1). For S−D, W_q = L^T W and W_k = W, so M = W^T (S − D) W; S and D are included."""
+        (README: the idea). For S−D, W_q = L^T W and W_k = W, so M = W^T (S − D) W; S and D are included."""
         W = self.c_attn.weight.view(self.n_proj, self.n_head, self.head_dim, -1)
         if self.kind != 'sd':
             return dict(W_q=W[0], W_k=W[1])
@@ -324,8 +324,9 @@ class GPT(nn.Module):
             if 'global' not in str(e).lower():
                 raise SystemExit(f"error: {path} is not a readable train.py checkpoint (damaged: its pickle does "
                                  f"not parse); point to an out_dir/ckpt.pt") from None
-            raise SystemExit(f"error: {path} holds Python objects beyond tensors and plain values; we do not load "
-                             f"them, since unpickling them can run code: use a checkpoint written by train.py") from None
+            raise SystemExit(f"error: {path} holds Python objects beyond tensors and plain values; we do not "
+                             f"load them, since unpickling them can run code: use a checkpoint written by train.py"
+                             ) from None
         except Exception as e:
             raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); point to an out_dir/ckpt.pt") from None

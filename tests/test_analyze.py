@@ -188,7 +188,7 @@ def test_sd_heads():
     rows = [r for i, w in enumerate(layers) for r in analyze.weight_rows('sd', w, i)]
     assert len(rows) == 6
     for r in rows:
-        assert r['kind'] == 'sd' and r['max_re_eig'] <= 1e-9       # Re(lambda) <= 0 by construction (SCIENCE.md §3)
+        assert r['kind'] == 'sd' and r['max_re_eig'] <= 1e-9       # Re(lambda) <= 0 by construction
         assert r['erank_S'] > 0 and r['d_scalarness'] > 0.1 and len(r['rotation_freqs']) == 8
     for i, (w, rank) in enumerate(zip(layers, [1, None, 3])):
         assert_metrics_close(analyze.kernel_metrics(w['W_q'], w['W_k']),

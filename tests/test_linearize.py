@@ -193,7 +193,7 @@ def test_k0_reproduces_val_loss_and_k_max_is_all_linear(tmp_path, data_root, ckp
         assert math.isclose(float(r['ppl']), math.exp(float(r['val_loss'])), rel_tol=1e-5)
     with open(tmp_path / 'lin' / 'linearize.png', 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-    assert sorted(os.listdir(tmp_path / 'lin')) == ['linearize.csv', 'linearize.png']
+    assert sorted(os.listdir(tmp_path / 'lin')) == ['linearize.csv', 'linearize.png', 'linearize_arms.csv']
 
 
 def test_orders_pick_the_layers_they_say(tmp_path, data_root, ckpts, fake_erank):
