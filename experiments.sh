@@ -20,20 +20,22 @@ train() {   # lines "ARM CONFIG... [--key=value...]" -> every seed of every arm,
     echo "$0: $(tail -1 $d/stdout.txt)"'
 }
 arms() { for a in "$@"; do for s in $SEEDS; do echo out/exp/${a}_s$s; done; done; }
+ckpts() { for r in $(arms "$@"); do echo $r/ckpt.pt; done; }
 mkdir -p out/results docs
+LN4="ln_sd ln_sd_emb1 ln_std ln_std_nonorm"
+D6="d6_sd d6_sd_emb1 d6_std d6_std_nonorm d6_sd_ln"
 
-# 1. Training without LayerNorm (4 layers x 128, 2,000 iterations): each arm at its best learning rate
-train <<'EOF'
+# 1. Training without LayerNorm (4 layers x 128, 2,000 iterations), each arm at its best learning rate (4e-3)
+train <<'ARMS'
 ln_std config/quick_std.py
 ln_sd config/quick_sd.py
 ln_sd_emb1 config/quick_sd.py --emb_scale=1.0
 ln_std_nonorm config/quick_std.py config/nonorm.py
-ln_sd_ln config/quick_sd.py config/layernorm.py
-EOF
-python runs.py $(arms ln_std ln_sd ln_sd_emb1 ln_std_nonorm ln_sd_ln) --out docs/ln_curves.png --csv out/results/ln.csv
+ARMS
+python runs.py $(arms $LN4) --out docs/ln_curves.png --csv out/results/ln.csv
 
-# 2. The paper's claims (6 layers x 128): the cascade with its referee controls, hybrids, linearization
-train <<'EOF'
+# 2. The paper's claims (6 layers x 128): the cascade and its referee controls, linearization, the hybrid
+train <<'ARMS'
 d6_sd config/quick_sd.py config/deep.py
 d6_std config/quick_std.py config/deep.py
 d6_sd_emb1 config/quick_sd.py config/deep.py --emb_scale=1.0
@@ -41,22 +43,26 @@ d6_std_nonorm config/quick_std.py config/deep.py config/nonorm.py
 d6_sd_ln config/quick_sd.py config/deep.py config/layernorm.py
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
 d6_hybrid_std config/quick_std.py config/deep.py config/hybrid_third.py
-EOF
-python analyze.py --ckpt out/exp/d6_sd_s1337 --dataset shakespeare_char --seq_len 64 --out_dir out/results/suggest \
-  --suggest config/cascade_width_suggested.py --allocate width
-train <<'EOF'
-d6_cascade_width config/quick_sd.py config/cascade_width_suggested.py
-EOF
-D6="d6_sd d6_sd_emb1 d6_std d6_std_nonorm d6_sd_ln"
+ARMS
+# cascade-allocated width, written from the first seed of the S−D model, trained from scratch
+python analyze.py --ckpt out/exp/d6_sd_s1337 --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
+  --out_dir out/results/suggest6 --suggest config/cascade_width_char.py --allocate width
+train <<'ARMS'
+d6_cascade_width config/quick_sd.py config/cascade_width_char.py
+ARMS
 python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_cascade_width) --out docs/d6_curves.png --csv out/results/d6.csv
-python analyze.py --ckpt $(arms $D6) --dataset shakespeare_char --num_seqs 32 --seq_len 64 --out_dir out/results/cascade6
-python analyze.py --ckpt $(arms ln_sd ln_sd_emb1 ln_std ln_std_nonorm ln_sd_ln) --dataset shakespeare_char \
-  --num_seqs 32 --seq_len 64 --out_dir out/results/cascade4
-cp out/results/cascade6/cascade.png docs/cascade6.png
+python analyze.py --ckpt $(arms $LN4) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
+  --out_dir out/results/cascade4
+python analyze.py --ckpt $(arms $D6) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
+  --out_dir out/results/cascade6
 cp out/results/cascade4/cascade.png docs/cascade4.png
-for depth in 4 6; do
-  [ $depth = 4 ] && m="ln_sd ln_sd_emb1 ln_std ln_std_nonorm ln_sd_ln" || m="$D6"
-  python linearize.py --ckpt $(for r in $(arms $m); do echo $r/ckpt.pt; done) --order first cascade \
-    --num_batches 20 --batch_size 12 --out_dir out/results/linearize$depth
-  cp out/results/linearize$depth/linearize.png docs/linearize$depth.png
-done
+cp out/results/cascade6/cascade.png docs/cascade6.png
+python linearize.py --ckpt $(ckpts $LN4) --order first cascade --num_batches 20 --batch_size 12 \
+  --out_dir out/results/linearize4
+python linearize.py --ckpt $(ckpts $D6) --order first cascade --num_batches 20 --batch_size 12 \
+  --out_dir out/results/linearize6
+cp out/results/linearize4/linearize.png docs/linearize4.png
+cp out/results/linearize6/linearize.png docs/linearize6.png
+# the second reading of post-hoc linearization: switch, then heal 100 AdamW steps (lr 1e-4), then evaluate
+python linearize.py --ckpt $(ckpts d6_sd d6_sd_emb1 d6_std) --order first --finetune_iters 100 \
+  --num_batches 20 --batch_size 12 --out_dir out/results/heal6
