@@ -571,7 +571,7 @@ def suggest_config(s, rows, allocate='rank'):
         values = [max(8, 8 * round(hd * e / max(eranks) / 8)) for e, hd in zip(eranks, s['head_dims'])]
     lines = [f"# S-D config suggested by analyze.py --allocate {allocate} from the routing cascade of {s['name']}",
              f"# ({s['source']}): {rule}.",
-             f"# Routing erank, mean over heads of the {LEVELS[level]}, per layer: {eranks}",
+             f"# Routing erank, mean over heads of the {LEVELS[level]}, per layer:", f"# {eranks}",
              f"n_layer = {s['n_layer']}", f"n_head = {s['n_head']}", f"n_embd = {s['n_embd']}"]
     if s['head_dim'] is not None and knob != 'head_dim':
         lines.append(f"head_dim = {s['head_dim']!r}")

@@ -29,7 +29,7 @@ D6="d6_sd d6_sd_emb1 d6_std d6_std_nonorm d6_sd_ln"
 train <<'ARMS'
 ln_std config/quick_std.py
 ln_sd config/quick_sd.py
-ln_sd_emb1 config/quick_sd.py --emb_scale=1.0
+ln_sd_emb1 config/quick_sd.py config/gpt2_init.py
 ln_std_nonorm config/quick_std.py config/nonorm.py
 ARMS
 python runs.py $(arms $LN4) --out docs/ln_curves.png --csv out/results/ln.csv
@@ -38,17 +38,18 @@ python runs.py $(arms $LN4) --out docs/ln_curves.png --csv out/results/ln.csv
 train <<'ARMS'
 d6_sd config/quick_sd.py config/deep.py
 d6_std config/quick_std.py config/deep.py
-d6_sd_emb1 config/quick_sd.py config/deep.py --emb_scale=1.0
+d6_sd_emb1 config/quick_sd.py config/deep.py config/gpt2_init.py
 d6_std_nonorm config/quick_std.py config/deep.py config/nonorm.py
 d6_sd_ln config/quick_sd.py config/deep.py config/layernorm.py
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
 d6_hybrid_std config/quick_std.py config/deep.py config/hybrid_third.py
 ARMS
-# cascade-allocated width, written from the first seed of the S−D model, trained from scratch
-python analyze.py --ckpt out/exp/d6_sd_s1337 --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
+# cascade-allocated width, written from the first seed of the S−D model whose routing shows the cascade (GPT-2
+# init), trained from scratch like it
+python analyze.py --ckpt out/exp/d6_sd_emb1_s1337 --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
   --out_dir out/results/suggest6 --suggest config/cascade_width_char.py --allocate width
 train <<'ARMS'
-d6_cascade_width config/quick_sd.py config/cascade_width_char.py
+d6_cascade_width config/quick_sd.py config/cascade_width_char.py config/gpt2_init.py
 ARMS
 python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_cascade_width) --out docs/d6_curves.png --csv out/results/d6.csv
 python analyze.py --ckpt $(arms $LN4) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \

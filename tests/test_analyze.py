@@ -354,3 +354,4 @@ def test_config_files_compose():
     configure(config, [C('quick_std.py'), C('nonorm.py')])
     assert (config['attn'], config['norm'], config['dataset']) == ('standard', 'none', 'shakespeare_char')
     assert 'norm' not in configure(dict(defaults), [C('deep.py')])   # only what a file assigns is an override
+    assert configure(dict(defaults), [C('quick_sd.py'), C('gpt2_init.py')])['emb_scale'] == 1.0
