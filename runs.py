@@ -83,7 +83,10 @@ def main(argv=None):
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in rows:
-            curves = [dict(run['evals']) for run in arms[r['arm']].values()]
+            curves = [dict(run['evals']) for run in arms[r['arm']].values() if run['evals'][-1:] and
+                      run['evals'][-1][0] == last]   # the runs of the table: finished ones
+            if not curves:
+                continue
             iters = sorted(set.intersection(*(set(c) for c in curves)) - {0})
             stats = [mean_std([c[i] for c in curves]) for i in iters]
             mean = [m for m, _ in stats]
