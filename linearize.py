@@ -144,33 +144,24 @@ def plot(rows, args, block_size, path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
-    names = dict(zip(args.ckpt, short_names(args.ckpt)))
     styles = {'first': '-', 'last': '--', 'cascade': ':'}
-    finetuned = args.finetune_iters > 0
+    curves = (('delta_pct', 'o', 1.0, ''), ('ft_delta_pct', 'x', 0.5, f', healed {args.finetune_iters} it'))
     deltas = []
-    arms = by_arm(rows, names)
-    if any(a['n'] > 1 for a in arms):   # several seeds of an arm: mean over seeds, ± std band
-        for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
-            for order in args.order:
-                rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
-                ks, d, sd = [a['k'] for a in rs], [a['delta_pct'] for a in rs], [a['delta_pct_std'] for a in rs]
-                ax.plot(ks, d, styles[order], marker='o', color=f'C{c}', label=f"{arm} ({order}, n={rs[0]['n']})")
-                if rs[0]['n'] > 1:
-                    ax.fill_between(ks, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)],
-                                    color=f'C{c}', alpha=0.15, lw=0)
-                deltas += d
-        args = argparse.Namespace(**{**vars(args), 'ckpt': [], 'finetune_iters': 0})   # no per-checkpoint lines
-    for c, ckpt in enumerate(args.ckpt):
+    arms = by_arm(rows, dict(zip(args.ckpt, short_names(args.ckpt))))   # one seed: the checkpoint itself
+    for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
         for order in args.order:
-            rs = [r for r in rows if r['ckpt'] == ckpt and r['order'] == order]
-            ks = [r['k'] for r in rs]
-            d = [r['delta_pct'] for r in rs]
-            ax.plot(ks, d, styles[order], marker='o', color=f'C{c}', label=f"{names[ckpt]} ({order})")
-            deltas += d
-            if finetuned:
-                d = [r['ft_delta_pct'] for r in rs]
-                ax.plot(ks, d, styles[order], marker='x', color=f'C{c}', alpha=0.5,
-                        label=f"{names[ckpt]} ({order}, healed {args.finetune_iters} it)")
+            rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
+            ks, n = [a['k'] for a in rs], rs[0]['n']
+            for column, marker, alpha, what in curves:
+                if column not in rs[0]:
+                    continue
+                d = [a[column] for a in rs]
+                ax.plot(ks, d, styles[order], marker=marker, color=f'C{c}', alpha=alpha,
+                        label=f"{arm} ({order}{what}" + (f", n={n})" if n > 1 else ")"))
+                if n > 1:   # several seeds: mean over seeds, ± std band
+                    sd = [a[column + '_std'] for a in rs]
+                    ax.fill_between(ks, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)],
+                                    color=f'C{c}', alpha=0.15 * alpha, lw=0)
                 deltas += d
     ax.axhline(5, color='gray', lw=0.8, ls=(0, (1, 3)))
     ax.text(0, 5, ' +5%', color='gray', va='bottom', fontsize=8)

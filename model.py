@@ -320,16 +320,15 @@ class GPT(nn.Module):
             model.load_state_dict(ckpt['model'])
         except FileNotFoundError:
             raise SystemExit(f"error: no checkpoint at {path}") from None
-        except pickle.UnpicklingError as e:
-            if 'global' not in str(e).lower():
-                raise SystemExit(f"error: {path} is not a readable train.py checkpoint (damaged: its pickle does "
-                                 f"not parse); point to an out_dir/ckpt.pt") from None
-            raise SystemExit(f"error: {path} holds Python objects beyond tensors and plain values; we do not "
-                             f"load them, since unpickling them can run code: use a checkpoint written by train.py"
-                             ) from None
         except Exception as e:
-            raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); point to an out_dir/ckpt.pt") from None
+            if isinstance(e, pickle.UnpicklingError) and 'global' in str(e).lower():
+                raise SystemExit(f"error: {path} holds Python objects beyond tensors and plain values; we do not "
+                                 f"load them, since unpickling them can run code: use a checkpoint written by "
+                                 f"train.py") from None
+            reason = 'damaged: its pickle does not parse' if isinstance(e, pickle.UnpicklingError) else \
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({reason}); "
+                             f"point to an out_dir/ckpt.pt") from None
         return model.to(device), ckpt
 
     @classmethod
