@@ -1,4 +1,5 @@
-"""Token files written by prepare.py: data/<dataset>/{train,val}.bin (uint16) and meta.json."""
+"""Files on disk: the token files prepare.py writes (data/<dataset>/{train,val}.bin, uint16, and meta.json),
+and the one way every script writes its outputs (write_files: all or nothing)."""
 import json
 import os
 
@@ -38,3 +39,25 @@ def get_batch(data, batch_size, block_size, seed):
     x = torch.from_numpy(np.stack([data[i:i + block_size] for i in ix]).astype(np.int64))
     y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
     return x, y
+
+
+def write_files(outputs):
+    """Write {path: content} all or nothing: each to path.tmp, flushed to disk, then each renamed over its path;
+    on any error no .tmp is left. content: str, bytes, or a function that writes to a binary file object
+    (e.g. lambda f: torch.save(obj, f), or lambda f: fig.savefig(f, format='png'))."""
+    tmps = {path: path + '.tmp' for path in outputs}
+    try:
+        for path, content in outputs.items():
+            with open(tmps[path], 'wb') as f:
+                if callable(content):
+                    content(f)
+                else:
+                    f.write(content.encode() if isinstance(content, str) else content)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
