@@ -1,8 +1,0 @@
-# 7M scale, standard attention with LayerNorm; OpenWebText (python prepare.py openwebtext)
-out_dir = 'out/std_7m'
-dataset = 'openwebtext'
-n_layer, n_head, n_embd = 4, 4, 128
-attn, norm = 'standard', 'layernorm'
-batch_size, gradient_accumulation_steps, block_size = 16, 8, 1024   # 131,072 tokens per iteration
-max_iters, learning_rate, min_lr, warmup_iters = 5000, 0.001, 0.0001, 500
-eval_interval, eval_iters = 1000, 200
