@@ -27,36 +27,43 @@ D6="d6_sd d6_sd_emb1 d6_std d6_std_nonorm d6_sd_ln"
 
 # 1. Training without LayerNorm (4 layers x 128, 2,000 iterations), each arm at its best learning rate (4e-3)
 train <<'ARMS'
-ln_std config/quick_std.py
+ln_std config/quick_sd.py config/std.py
 ln_sd config/quick_sd.py
 ln_sd_emb1 config/quick_sd.py config/gpt2_init.py
-ln_std_nonorm config/quick_std.py config/nonorm.py
+ln_std_nonorm config/quick_sd.py config/std.py config/nonorm.py
 ARMS
-python runs.py $(arms $LN4) --out docs/ln_curves.png --csv out/results/ln.csv
+python runs.py $(arms $LN4) --out_dir out/results/ln
+cp out/results/ln/runs.png docs/ln_curves.png
 
 # 2. The paper's claims (6 layers x 128): the cascade and its referee controls, linearization, the hybrid
 train <<'ARMS'
 d6_sd config/quick_sd.py config/deep.py
-d6_std config/quick_std.py config/deep.py
+d6_std config/quick_sd.py config/std.py config/deep.py
 d6_sd_emb1 config/quick_sd.py config/deep.py config/gpt2_init.py
-d6_std_nonorm config/quick_std.py config/deep.py config/nonorm.py
+d6_std_nonorm config/quick_sd.py config/std.py config/deep.py config/nonorm.py
 d6_sd_ln config/quick_sd.py config/deep.py config/layernorm.py
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
-d6_hybrid_std config/quick_std.py config/deep.py config/hybrid_third.py
+d6_hybrid_std config/quick_sd.py config/std.py config/deep.py config/hybrid_third.py
 ARMS
 # seed 2 of the S−D hybrid diverges (NaN at iteration 1,111): a fourth seed stands in for it
 SEEDS=4 train <<'ARMS'
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
 ARMS
-# cascade-allocated width, written from the first seed of the S−D model whose routing shows the cascade (GPT-2
-# init), trained from scratch like it
-python analyze.py --ckpt out/exp/d6_sd_emb1_s1337 --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
-  --out_dir out/results/suggest6 --suggest config/cascade_width_char.py --allocate width
+# cascade-allocated width and routing rank, written from the first seed of the S−D model whose routing shows the
+# cascade (GPT-2 init), trained from scratch like it
+for a in width rank; do
+  python analyze.py --ckpt out/exp/d6_sd_emb1_s1337 --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
+    --out_dir out/results/suggest6_$a --suggest config/cascade_${a}_char.py --allocate $a
+done
 train <<'ARMS'
 d6_cascade_width config/quick_sd.py config/cascade_width_char.py config/gpt2_init.py
+d6_cascade_rank config/quick_sd.py config/cascade_rank_char.py config/gpt2_init.py
 ARMS
-python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_cascade_width) out/exp/d6_hybrid_sd_s4 \
-  --out docs/d6_curves.png --csv out/results/d6.csv
+python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_cascade_width d6_cascade_rank) out/exp/d6_hybrid_sd_s4 \
+  --out_dir out/results/d6 --vs d6_hybrid_sd=d6_sd d6_hybrid_std=d6_std d6_cascade_width=d6_sd_emb1 \
+  d6_cascade_rank=d6_sd_emb1
+cp out/results/d6/runs.png docs/d6_curves.png
+cp out/results/d6/tradeoff.png docs/tradeoff.png
 python analyze.py --ckpt $(arms $LN4) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
   --out_dir out/results/cascade4
 python analyze.py --ckpt $(arms $D6) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \

@@ -1,14 +1,11 @@
 """
-A GPT whose attention is switchable per layer between
-  'standard' softmax attention (q, k, v projections, SDPA / flash),
-  'sd'       S−D attention: scores u_i^T (S − D) u_j / sqrt(d_h) with one shared projection u = W x,
-             S skew-symmetric (routing) and D positive diagonal (filtering),
-  'linear'   ELU+1 linear attention (Katharopoulos et al. 2020).
-All three are one class, `Attention`: a projection (q/k, or u with the S−D generator) followed by a
-mixer (softmax or ELU+1). Any softmax layer can be switched to the ELU+1 mixer post hoc
-(`GPT.linearize`), reusing its own q and k. LayerNorm is optional (`norm='none'`).
+A GPT whose attention is, per layer, 'standard' softmax (q, k, v projections, SDPA / flash), 'sd' (scores
+u_i^T (S − D) u_j / sqrt(d_h) with one projection u = W x, S skew-symmetric: routing, D positive diagonal:
+filtering) or 'linear' (ELU+1, Katharopoulos et al. 2020). One class, `Attention`: a projection, then a mixer
+(softmax or ELU+1); `GPT.linearize` switches softmax layers to ELU+1 post hoc. LayerNorm is optional.
 """
 import math
+import os
 import pickle
 from dataclasses import dataclass
 
@@ -17,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ATTN_TYPES = ('standard', 'sd', 'linear')
-NORMS = ('layernorm', 'none', 'final')   # final: LayerNorm before the output layer only
+NORMS = ('layernorm', 'none', 'final')
 SD_FILTERS = ('diag', 'scalar')
 
 
@@ -30,7 +27,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True            # biases in Linear layers and LayerNorms
-    norm: str = 'layernorm'      # 'layernorm' | 'none'
+    norm: str = 'layernorm'      # 'layernorm' | 'none' | 'final' (LayerNorm before the output layer only)
     # per-layer knobs: one value for every layer, or a list with one entry per layer
     attn: str | list = 'standard'        # 'standard' | 'sd' | 'linear'
     head_dim: int | None | list = None   # attention width per head; None = n_embd // n_head
@@ -50,23 +47,19 @@ class GPTConfig:
         if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; set head_dim")
         for name, allowed in (('attn', ATTN_TYPES), ('sd_filter', SD_FILTERS)):
-            for v in self.per_layer(name):
-                if v not in allowed:
-                    raise ValueError(f"{name}={v!r} is not one of {allowed}")
+            if bad := [v for v in self.per_layer(name) if v not in allowed]:
+                raise ValueError(f"{name}={bad[0]!r} is not one of {allowed}")
         for name in ('head_dim', 'sd_rank'):
-            for v in self.per_layer(name):
-                if v is not None and (not isinstance(v, int) or v < 1):
-                    raise ValueError(f"{name} entries must be positive ints or None, got {v!r}")
+            if bad := [v for v in self.per_layer(name) if v is not None and (not isinstance(v, int) or v < 1)]:
+                raise ValueError(f"{name} entries must be positive ints or None, got {bad[0]!r}")
 
     def per_layer(self, name):
         """The knob `name` as a list with one entry per layer."""
         v = getattr(self, name)
-        if not isinstance(v, (list, tuple)):
-            return [v] * self.n_layer
+        v = list(v) if isinstance(v, (list, tuple)) else [v] * self.n_layer
         if len(v) != self.n_layer:
-            raise ValueError(f"{name} has {len(v)} entries but n_layer={self.n_layer}: "
-                             f"give one value, or one per layer")
-        return list(v)
+            raise ValueError(f"{name} has {len(v)} entries but n_layer={self.n_layer}: give one value or one per layer")
+        return v
 
     def layer(self, i):
         """The resolved settings of layer i."""
@@ -312,8 +305,9 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
-        """(model, checkpoint dict) from a train.py ckpt.pt; anything else is a one-line error. The file is read
-        with torch's safe loader (weights_only): tensors and plain Python values only, never code."""
+        """(model, checkpoint dict) from a train.py ckpt.pt or its out_dir; anything else is a one-line error. The
+        file is read with torch's safe loader (weights_only): tensors and plain Python values only, never code."""
+        path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
         try:
             ckpt = torch.load(path, map_location=device, weights_only=True)
             model = cls(GPTConfig(**({'emb_scale': 1.0} | ckpt['model_args'])))   # checkpoints from before emb_scale
@@ -335,9 +329,8 @@ class GPT(nn.Module):
     def from_hf(cls, hf, dropout=0.0):
         """A standard-attention GPT with the weights of a transformers GPT2LMHeadModel."""
         c = hf.config
-        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
-                           n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True)
-        model = cls(config)
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                              n_embd=c.n_embd, dropout=dropout, bias=True))
         sd, sd_hf = model.state_dict(), hf.state_dict()
         keys = [k for k in sd if k in sd_hf]
         if set(sd) - set(keys) - {'lm_head.weight'}:
@@ -346,8 +339,7 @@ class GPT(nn.Module):
         transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
         with torch.no_grad():
             for k in keys:
-                w = sd_hf[k]
-                sd[k].copy_(w.t() if k.endswith(transposed) else w)
+                sd[k].copy_(sd_hf[k].t() if k.endswith(transposed) else sd_hf[k])
         return model
 
     @classmethod

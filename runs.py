@@ -1,12 +1,13 @@
 """
-Compare training runs across seeds: one table row per arm (final val loss mean ± std over seeds, parameters,
-tokens/s) and the val-loss curves with a mean ± std band per arm.
+Compare training runs across seeds: one row per arm (final val loss mean ± std over seeds, parameters, attention
+parameters, tokens/s), the val-loss curves with a mean ± std band per arm, and the trade-off of models with fewer
+attention parameters against their baselines (attention parameters vs ΔPPL).
 
-    python runs.py out/exp/*  [--out docs/runs.png]  [--csv runs.csv]
+    python runs.py out/exp/*  [--out_dir docs]  [--vs ARM=BASELINE ...]
 
-An arm is the run folder's name without a trailing `_s<seed>` (out/exp/sd_none_s1, _s2, _s3 -> sd_none).
-Each folder holds a train.py log.jsonl (and its ckpt.pt, for the parameter count); unfinished runs are
-reported with the iteration they reached, and left out of the mean.
+An arm is the run folder's name without a trailing `_s<seed>` (out/exp/sd_s1, _s2, _s3 -> sd). Each folder holds
+a train.py log.jsonl (and its ckpt.pt, for the parameter counts); unfinished runs are reported with the iteration
+they reached and left out of the means. --out_dir writes runs.csv and runs.png, and with --vs tradeoff.png.
 """
 import argparse
 import json
@@ -14,8 +15,10 @@ import math
 import os
 import re
 import statistics
+import sys
 from collections import defaultdict
 
+import data
 from model import GPT
 
 
@@ -24,19 +27,10 @@ def arm_of(name):
     return re.sub(r'_s\d+$', '', name)
 
 
-def read_run(path):
-    """{'evals': [(iter, val_loss)], 'tokens_per_s': median, 'params': n or None} of one run folder."""
-    evals, speeds = [], []
-    with open(os.path.join(path, 'log.jsonl')) as f:
-        for line in f:
-            r = json.loads(line)
-            if 'val_loss' in r:
-                evals.append((r['iter'], r['val_loss']))
-            elif 'tokens_per_s' in r:
-                speeds.append(r['tokens_per_s'])
-    ckpt = os.path.join(path, 'ckpt.pt')
-    params = GPT.from_checkpoint(ckpt)[0].num_params() if os.path.exists(ckpt) else None
-    return dict(evals=evals, tokens_per_s=statistics.median(speeds) if speeds else math.nan, params=params)
+def run_name(path):
+    """The name of a run from its out_dir or its ckpt.pt: the folder's name."""
+    path = os.path.abspath(path)
+    return os.path.basename(os.path.dirname(path) if path.endswith('.pt') else path)
 
 
 def mean_std(xs):
@@ -44,62 +38,108 @@ def mean_std(xs):
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
 
 
+def read_run(path):
+    """{'evals': [(iter, val_loss)], 'tokens_per_s': median, 'params', 'attn_params': n or None} of a run folder."""
+    evals, speeds = [], []
+    with open(os.path.join(path, 'log.jsonl')) as f:
+        for r in map(json.loads, f):
+            if 'val_loss' in r:
+                evals.append((r['iter'], r['val_loss']))
+            elif 'tokens_per_s' in r:
+                speeds.append(r['tokens_per_s'])
+    model = GPT.from_checkpoint(path)[0] if os.path.exists(os.path.join(path, 'ckpt.pt')) else None
+    return dict(evals=evals, tokens_per_s=statistics.median(speeds) if speeds else math.nan,
+                params=model and model.num_params(), attn_params=model and model.num_attention_params())
+
+
+def figures(rows, last, vs):
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 4.5), layout='constrained')
+    ax = fig.subplots()
+    for r in rows:
+        curves = [dict(run['evals']) for run in r['done']]
+        if not curves:
+            continue
+        iters = sorted(set.intersection(*map(set, curves)) - {0})
+        mean, std = zip(*(mean_std([c[i] for c in curves]) for i in iters))
+        line, = ax.plot(iters, mean, marker='.', label=f"{r['arm']} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(iters, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            alpha=0.2, color=line.get_color())
+    ax.set(xlabel='iteration', ylabel='val loss (nats/token)', title='validation loss, mean ± std over seeds')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    out = {'runs.png': fig}
+    if vs:
+        fig = Figure(figsize=(7, 4.5), layout='constrained')
+        ax = fig.subplots()
+        ax.add_patch(matplotlib.patches.Rectangle((35, 3.9), 18, 4.5, color='gray', alpha=0.25, lw=0,
+                                                  label='paper: cascade allocation (47-65% fewer, +3.9-8.4%)'))
+        ax.errorbar([100], [0], yerr=[1.4], color='gray', capsize=4, lw=0, elinewidth=2,
+                    label='paper: hybrid within 1.4% of its baseline')
+        for c, r in enumerate(r for r in rows if r['arm'] in vs):
+            ax.errorbar([r['attn_pct']], [r['dppl']], yerr=[r['dppl_std'] if r['seeds'] > 1 else 0], fmt='o',
+                        color=f'C{c}', capsize=3, label=f"{r['arm']} vs {r['vs']} (n={r['seeds']})")
+            ax.errorbar([r['attn_pct']], [0], yerr=[r['base_std']], fmt='_', color=f'C{c}', alpha=0.5, capsize=3)
+        ax.axhline(0, color='k', lw=0.6)
+        ax.set(xlabel="attention parameters, % of the baseline's", ylabel='val PPL vs baseline (%)',
+               title=f'Trade-off: fewer attention parameters vs PPL (iteration {last}; bars: ± std over seeds)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        out['tradeoff.png'] = fig
+    return out
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip())
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = lambda msg: sys.exit(f"error: {msg} (see python runs.py --help)")
     p.add_argument('runs', nargs='+', help='train.py out_dirs')
-    p.add_argument('--out', help='write the val-loss curves (mean ± std band per arm) to this PNG')
-    p.add_argument('--csv', help='write the table as CSV')
+    p.add_argument('--out_dir', help='write runs.csv, runs.png (and tradeoff.png) here')
+    p.add_argument('--vs', nargs='+', default=[], metavar='ARM=BASELINE', help='arms for the trade-off figure')
     args = p.parse_args(argv)
     arms = defaultdict(dict)
     for path in args.runs:
         if not os.path.exists(os.path.join(path, 'log.jsonl')):
-            raise SystemExit(f"error: {path} has no log.jsonl: give train.py out_dirs")
-        name = os.path.basename(os.path.normpath(path))
-        arms[arm_of(name)][name] = read_run(path)
+            p.error(f"{path} has no log.jsonl: give train.py out_dirs")
+        arms[arm_of(run_name(path))][run_name(path)] = read_run(path)
+    vs = dict(v.partition('=')[::2] for v in args.vs)
+    if not set(vs) | set(vs.values()) <= set(arms):
+        p.error(f"--vs names arms that are not among the runs ({', '.join(sorted(arms))})")
     last = max(it for runs in arms.values() for r in runs.values() for it, _ in r['evals'][-1:])
     rows = []
     for arm, runs in arms.items():
         done = [r for r in runs.values() if r['evals'] and r['evals'][-1][0] == last]
-        if not done:
-            rows.append(dict(arm=arm, seeds=0, val_loss=math.nan, std=math.nan, params=None, tokens_per_s=math.nan))
-            continue
-        m, s = mean_std([r['evals'][-1][1] for r in done])
-        rows.append(dict(arm=arm, seeds=len(done), val_loss=m, std=s, params=done[0]['params'],
-                         tokens_per_s=statistics.median(r['tokens_per_s'] for r in done)))
+        m, s = mean_std([r['evals'][-1][1] for r in done]) if done else (math.nan, math.nan)
+        rows.append(dict(arm=arm, seeds=len(done), val_loss=m, std=s, done=done, **{
+            k: done[0][k] if done else None for k in ('params', 'attn_params')},
+            tokens_per_s=statistics.median(r['tokens_per_s'] for r in done) if done else math.nan))
     rows.sort(key=lambda r: (math.isnan(r['val_loss']), r['val_loss']))
-    print(f"{'arm':<28} {'seeds':>5} {f'val loss @ {last}':>18} {'params':>8} {'tokens/s':>9}")
+    by_arm = {r['arm']: r for r in rows}
+    for arm, base in vs.items():   # ΔPPL of each seed against the baseline's mean; the baseline's own spread
+        a, b = by_arm[arm], by_arm[base]
+        deltas = [100 * (math.exp(r['evals'][-1][1] - b['val_loss']) - 1) for r in a['done']]
+        a['dppl'], a['dppl_std'] = mean_std(deltas)
+        a['vs'], a['attn_pct'] = base, 100 * a['attn_params'] / b['attn_params']
+        a['base_std'] = 100 * (math.exp(b['std']) - 1) if b['seeds'] > 1 else 0.0
+    print(f"{'arm':<28} {'seeds':>5} {f'val loss @ {last}':>18} {'params':>8} {'attn':>8} {'tokens/s':>9}")
     for r in rows:
         loss = f"{r['val_loss']:.4f} ± {r['std']:.4f}" if r['seeds'] > 1 else f"{r['val_loss']:.4f}"
-        params = f"{r['params'] / 1e6:.3f}M" if r['params'] else '-'
-        print(f"{r['arm']:<28} {r['seeds']:>5} {loss:>18} {params:>8} {r['tokens_per_s']:>9,.0f}")
-    if args.csv:
-        with open(args.csv, 'w') as f:
-            f.write('arm,seeds,val_loss_mean,val_loss_std,params,tokens_per_s\n')
-            f.writelines(f"{r['arm']},{r['seeds']},{r['val_loss']:.5f},{r['std']:.5f},{r['params']},"
-                         f"{r['tokens_per_s']:.0f}\n" for r in rows)
-    if args.out:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in rows:
-            curves = [dict(run['evals']) for run in arms[r['arm']].values() if run['evals'][-1:] and
-                      run['evals'][-1][0] == last]   # the runs of the table: finished ones
-            if not curves:
-                continue
-            iters = sorted(set.intersection(*(set(c) for c in curves)) - {0})
-            stats = [mean_std([c[i] for c in curves]) for i in iters]
-            mean = [m for m, _ in stats]
-            line, = ax.plot(iters, mean, marker='.', label=f"{r['arm']} (n={len(curves)})")
-            if len(curves) > 1:
-                ax.fill_between(iters, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2,
-                                color=line.get_color())
-        ax.set(xlabel='iteration', ylabel='val loss (nats/token)', title='validation loss, mean ± std over seeds')
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.out + '.tmp.png', dpi=130)
-        os.replace(args.out + '.tmp.png', args.out)
+        params = [f"{r[k] / 1e6:.3f}M" if r[k] else '-' for k in ('params', 'attn_params')]
+        print(f"{r['arm']:<28} {r['seeds']:>5} {loss:>18} {params[0]:>8} {params[1]:>8} {r['tokens_per_s']:>9,.0f}"
+              + (f"   vs {r['vs']}: attention {r['attn_pct']:.1f}%, PPL {r['dppl']:+.1f} ± {r['dppl_std']:.1f}% "
+                 f"(baseline's spread ± {r['base_std']:.1f}%)" if 'vs' in r else ''))
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        cols = ('arm', 'seeds', 'val_loss', 'std', 'params', 'attn_params', 'tokens_per_s', 'vs', 'attn_pct', 'dppl',
+                'dppl_std', 'base_std')
+        csv = ','.join(cols) + '\n' + ''.join(','.join(f"{r[c]:.6g}" if isinstance(r.get(c), float) else
+                                                       str(r.get(c, '')) for c in cols) + '\n' for r in rows)
+        figs = figures(rows, last, vs)
+        data.write_files({os.path.join(args.out_dir, 'runs.csv'): csv} | {
+            os.path.join(args.out_dir, name): (lambda f, fig=fig: fig.savefig(f, format='png', dpi=130))
+            for name, fig in figs.items()})
     return rows
 
 

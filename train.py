@@ -1,11 +1,9 @@
 """
-Train a GPT with standard, S−D or ELU+1 attention (per layer). On one CPU or GPU:
-    python train.py config/quick_sd.py
-    python train.py config/sd_125m.py --batch_size=8 --compile=False
-On several GPUs (DDP):
+Train a GPT with standard, S−D or ELU+1 attention (per layer), on a CPU, one GPU, or several with DDP:
+    python train.py config/quick_sd.py [config/std.py] [--key=value ...]
     torchrun --standalone --nproc_per_node=8 train.py config/sd_125m.py
-Checkpoints are atomic and resumable (--init_from=resume continues exactly); see README. SIGINT or
-SIGTERM saves a checkpoint and exits cleanly (a second one stops at once); a NaN/inf loss stops before saving.
+Checkpoints are atomic; --init_from=resume continues exactly. SIGINT/SIGTERM saves a checkpoint and exits (a
+second one stops at once); a NaN/inf loss stops before saving.
 """
 import json
 import math
@@ -27,14 +25,11 @@ from model import GPT, GPTConfig
 # -----------------------------------------------------------------------------
 # defaults (a config file and --key=value override them)
 out_dir = 'out'
-eval_interval = 500
+eval_interval = 1000
 log_interval = 10
-eval_iters = 50
+eval_iters = 200
 eval_only = False
 init_from = 'scratch'       # 'scratch' | 'resume' | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
-wandb_log = False
-wandb_project = 'routing-filtering'
-wandb_run_name = 'run'
 # data
 dataset = 'openwebtext'
 data_root = 'data'
@@ -236,15 +231,9 @@ def estimate_loss():
 
 
 def save_checkpoint():
-    """Write to a temporary file, flush to disk, then atomically rename over ckpt.pt."""
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
             'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config, 'chars': chars}
-    tmp = ckpt_path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_path)
+    data.write_files({ckpt_path: lambda f: torch.save(ckpt, f)})
 
 
 log_path = os.path.join(out_dir, 'log.jsonl')
@@ -259,20 +248,13 @@ if master:
                         lines.append(line.rstrip('\n') + '\n')
                 except (ValueError, KeyError, TypeError):   # e.g. a line cut short by a kill
                     pass
-    with open(log_path + '.tmp', 'w') as f:
-        f.writelines(lines)
-    os.replace(log_path + '.tmp', log_path)
-    if wandb_log:
-        import wandb
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    data.write_files({log_path: ''.join(lines)})
 checkpoint = None   # free its memory
 
 
 def log(record):
     with open(log_path, 'a') as f:
         f.write(json.dumps(record) + '\n')
-    if wandb_log:
-        wandb.log(record)
 
 
 def on_signal(signum, frame):

@@ -1,2 +1,3 @@
-# Six layers instead of four (compose after a quick config): python train.py config/quick_sd.py config/deep.py
-n_layer = 6
+# Six layers.
+# Composes after a scale file (and other variants): python train.py config/quick_sd.py config/deep.py
+n_layer, out_dir = 6, out_dir + '_d6'

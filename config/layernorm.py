@@ -1,2 +1,3 @@
-# Referee control: LayerNorm in every block and before the output (compose after an S−D config)
-norm = 'layernorm'
+# Referee control: LayerNorm in every block and before the output.
+# Composes after a scale file (and other variants): python train.py config/quick_sd.py config/layernorm.py
+norm, out_dir = 'layernorm', out_dir + '_ln'

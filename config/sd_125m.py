@@ -1,8 +1,5 @@
-# 125M scale, S−D attention without LayerNorm (the paper's setting); OpenWebText (python prepare.py openwebtext)
-out_dir = 'out/sd_125m'
-dataset = 'openwebtext'
-n_layer, n_head, n_embd = 12, 12, 768
-attn, norm = 'sd', 'none'
+# 125M scale, GPT-2 small's shape: S−D attention without LayerNorm (the paper's model) on OpenWebText. Variant files
+# compose after it, e.g. standard attention + LayerNorm: python train.py config/sd_125m.py config/std.py
+out_dir, n_layer, n_head, n_embd, attn, norm = 'out/sd_125m', 12, 12, 768, 'sd', 'none'
 batch_size, gradient_accumulation_steps, block_size = 12, 40, 1024   # 491,520 tokens per iteration
-max_iters, learning_rate, min_lr, warmup_iters = 30000, 0.0006, 6e-05, 2000
-eval_interval, eval_iters = 1000, 200
+max_iters, learning_rate, min_lr, warmup_iters = 30000, 6e-4, 6e-5, 2000

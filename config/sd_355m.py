@@ -1,8 +1,5 @@
-# 355M scale, S−D attention without LayerNorm (the paper's setting); OpenWebText (python prepare.py openwebtext)
-out_dir = 'out/sd_355m'
-dataset = 'openwebtext'
-n_layer, n_head, n_embd = 24, 16, 1024
-attn, norm = 'sd', 'none'
+# 355M scale, GPT-2 medium's shape: S−D attention without LayerNorm (the paper's model) on OpenWebText. Variant files
+# compose after it, e.g. standard attention + LayerNorm: python train.py config/sd_355m.py config/std.py
+out_dir, n_layer, n_head, n_embd, attn, norm = 'out/sd_355m', 24, 16, 1024, 'sd', 'none'
 batch_size, gradient_accumulation_steps, block_size = 16, 30, 1024   # 491,520 tokens per iteration
-max_iters, learning_rate, min_lr, warmup_iters = 60000, 0.0003, 3e-05, 2000
-eval_interval, eval_iters = 1000, 200
+max_iters, learning_rate, min_lr, warmup_iters = 60000, 3e-4, 3e-5, 2000

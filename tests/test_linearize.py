@@ -18,6 +18,7 @@ sys.path.insert(0, REPO)
 import data  # noqa: E402
 import linearize  # noqa: E402
 import prepare  # noqa: E402
+from configurator import configure  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 TEXT = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare.txt')
@@ -26,52 +27,46 @@ if not os.path.exists(TEXT):
 FAST = ['--max_iters=3', '--eval_interval=3', '--eval_iters=1', '--batch_size=2', '--block_size=64',
         '--log_interval=1']   # quick configs: their shape, fewer and smaller batches
 
-# Parameter counts as stated in the report / README: (non-embedding params as train.py prints them, attention params)
-# with GPT-2's padded vocabulary 50304 (quick configs: 65 characters).
-# Baselines: config/sd_125m.py, config/std_125m.py, config/quick_sd.py.
+# Parameter counts as stated in the README: (non-embedding params as train.py prints them, attention params) for
+# config/A.py config/B.py ... (NAME = 'A+B+...'), with GPT-2's padded vocabulary 50304 or tiny shakespeare's 65
+# characters.
 COUNTS = {
-    'sd_125m': (117_089_280, 21_832_704),
-    'std_125m': (123_587_328, 28_311_552),
-    'quick_sd': (746_112, 213_504),
-    'quick_std': (795_904, 262_144),
-    'hybrid_elu4_125m': (119_248_896, 23_992_320),
-    'hybrid_elu4_std_125m': (123_587_328, 28_311_552),
-    'hybrid_elu1_sd_7m': (7_188_864, 225_664),
-    'hybrid_elu1_std_7m': (7_226_496, 262_144),
-    'hybrid_elu1_quick_sd': (758_272, 225_664),
-    'hybrid_elu1_quick_std': (795_904, 262_144),
-    'cascade_rank_125m': (116_593_152, 21_336_576),       # 97.7% of sd_125m's attention (-2.3%)
-    'cascade_width_125m': (105_385_440, 10_128_864),      # 46.4% (-53.6%)
-    'cascade_rankwidth_125m': (105_274_464, 10_017_888),  # 45.9% (-54.1%)
-    'cascade_rank_quick': (732_288, 199_680),           # 93.5% of quick_sd's attention
-    'cascade_width_quick': (636_800, 104_192),          # 48.8%
+    'sd_7m': (7_176_704, 213_504), 'sd_7m+std': (7_226_496, 262_144),
+    'sd_20m': (18_778_112, 1_705_984), 'sd_20m+std': (19_173_632, 2_097_152),
+    'sd_45m': (44_904_832, 6_312_320), 'sd_45m+std': (46_630_080, 8_028_160),
+    'sd_85m': (86_760_960, 15_244_800), 'sd_85m+std': (91_192_960, 19_660_800),
+    'sd_125m': (117_089_280, 21_832_704), 'sd_125m+std': (123_587_328, 28_311_552),
+    'sd_355m': (329_932_800, 77_094_912), 'sd_355m+std': (353_551_360, 100_663_296),
+    'quick_sd': (746_112, 213_504), 'quick_sd+std': (795_904, 262_144),
+    'sd_125m+hybrid_third': (119_248_896, 23_992_320), 'sd_125m+std+hybrid_third': (123_587_328, 28_311_552),
+    'quick_sd+hybrid_third': (758_272, 225_664), 'quick_sd+std+hybrid_third': (795_904, 262_144),
+    'quick_sd+deep': (1_115_008, 320_256),
+    'quick_sd+cascade_width_char': (1_059_072, 264_320),   # 82.5% of quick_sd+deep's attention
+    'quick_sd+cascade_rank_char': (1_093_504, 298_752),    # 93.3%
 }
-# attention params as % of the uniform S−D baseline of the same shape (what the README states)
-CASCADE_PCT = {'cascade_rank_125m': 97.7, 'cascade_width_125m': 46.4, 'cascade_rankwidth_125m': 45.9,
-               'cascade_rank_quick': 93.5, 'cascade_width_quick': 48.8}
-CASCADE_BASE = {name: 'sd_125m' if '125m' in name else 'quick_sd'
-                for name in CASCADE_PCT}
+CASCADE_PCT = {'quick_sd+cascade_width_char': 82.5, 'quick_sd+cascade_rank_char': 93.3}
 MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
-              'sd_rank', 'sd_filter', 'linear_chunk')
+              'sd_rank', 'sd_filter', 'linear_chunk', 'emb_scale')
 
 
 def model_args(name):
-    """The GPTConfig arguments train.py builds from config/NAME.py (or from config/A.py config/B.py ...
-    for NAME = 'A+B+...'): its defaults (read from train.py) updated by the config files; vocabulary
-    GPT-2's, padded to 50304, or for the character-level quick configs tiny shakespeare's 65 characters."""
+    """The GPTConfig arguments train.py builds from config/A.py config/B.py ... for NAME = 'A+B+...': its literal
+    defaults (read from train.py) updated by the config files."""
     with open(os.path.join(REPO, 'train.py')) as f:
-        args = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(f.read()).body
-                if isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id in MODEL_KEYS}
-    scope = {}
-    for part in name.split('+'):
-        with open(os.path.join(REPO, 'config', part + '.py')) as f:
-            exec(f.read(), scope)
-    return {k: scope.get(k, args[k]) for k in MODEL_KEYS} | {'vocab_size': 65 if 'quick' in name else 50304}
+        body = ast.parse(f.read()).body
+    defaults = {'device': 'cpu', 'dtype': 'float32'}
+    for node in body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                defaults[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:   # not a literal: not a config key
+                pass
+    configure(defaults, [os.path.join(REPO, 'config', part + '.py') for part in name.split('+')])
+    return {k: defaults[k] for k in MODEL_KEYS} | {'vocab_size': 65 if 'quick' in name else 50304}
 
 
 ENV = os.environ | {'OMP_NUM_THREADS': '1'}   # tiny models: threads only contend on a shared CPU
-QUICK = ('hybrid_elu1_quick_sd', 'hybrid_elu1_quick_std', 'cascade_rank_quick', 'cascade_width_quick')
+QUICK = ('quick_sd+hybrid_third', 'quick_sd+std+hybrid_third', 'quick_sd+cascade_rank_char')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -97,7 +92,7 @@ def data_root(tmp_path_factory):
     ids[:n].tofile(root / 'tiny' / 'train.bin')
     ids[n:].tofile(root / 'tiny' / 'val.bin')
     (root / 'tiny' / 'meta.json').write_text(json.dumps({'vocab_size': 50257, 'max_token_id': int(ids.max())}))
-    prepare.main(['--input', TEXT, '--name', 'tiny_char', '--char', '--out_dir', str(root)])   # 65 characters
+    prepare.main(['--input', TEXT, '--name', 'tiny_char', '--char', '--data_root', str(root)])   # 65 characters
     return str(root)
 
 
@@ -131,8 +126,8 @@ def quick_runs(data_root, tmp_path_factory):
     """The quick hybrid / cascade configs, 3 iterations each through train.py on the tiny dataset:
     {name: (out_dir, stdout)}. One process runs train.py once per config, so torch is imported once."""
     out = tmp_path_factory.mktemp('quick')
-    argv = {name: ['train.py', f'config/{name}.py', *FAST, f'--data_root={data_root}', '--dataset=tiny_char',
-                   f'--out_dir={out / name}'] for name in QUICK}
+    argv = {name: ['train.py', *(f'config/{p}.py' for p in name.split('+')), *FAST, f'--data_root={data_root}',
+                   '--dataset=tiny_char', f'--out_dir={out / name}'] for name in QUICK}
     driver = ("import runpy, sys\n"
               f"for name, argv in {argv!r}.items():\n"
               "    print('=== ' + name, flush=True)\n"
@@ -233,7 +228,7 @@ def test_real_layer_routing_erank(tmp_path, data_root, ckpts):
 
 
 def test_trained_linear_layers_count_as_linear(tmp_path, data_root, quick_runs):
-    out_dir = quick_runs['hybrid_elu1_quick_sd'][0]
+    out_dir = quick_runs['quick_sd+hybrid_third'][0]
     ckpt = str(out_dir / 'ckpt.pt')
     # train.py's val batches with its batch_size, block_size and eval_iters: k = 0 is its logged val loss
     rows = run(tmp_path, data_root, '--ckpt', ckpt, '--order', 'first', 'last', '--batch_size', '2',
@@ -286,21 +281,16 @@ def test_config_parameter_counts(name):
         model = GPT(GPTConfig(**args))
     assert (model.num_params(), model.num_attention_params()) == COUNTS[name]
     layers = model.attention_layers()
-    if name.startswith('hybrid'):
-        k = 4 if '125m' in name else 1
-        rest = 'standard' if '_std' in name else 'sd'
+    if 'hybrid' in name:   # the first third of the layers ELU+1, at the full head width
+        k = len(layers) // 3
+        rest = 'standard' if '+std' in name else 'sd'
         assert [a.kind for a in layers] == ['linear'] * k + [rest] * (len(layers) - k)
-        assert all(a.head_dim == args['n_embd'] // args['n_head'] for a in layers)   # full head dim
+        assert all(a.head_dim == args['n_embd'] // args['n_head'] for a in layers)
         assert args['norm'] == ('layernorm' if rest == 'standard' else 'none')
-    if name in CASCADE_PCT:
-        assert round(100 * COUNTS[name][1] / COUNTS[CASCADE_BASE[name]][1], 1) == CASCADE_PCT[name]
-        dims = [a.head_dim for a in layers]
+    if name in CASCADE_PCT:   # against the uniform S−D model of the same depth
+        assert round(100 * COUNTS[name][1] / COUNTS['quick_sd+deep'][1], 1) == CASCADE_PCT[name]
         ranks = args['sd_rank'] if isinstance(args['sd_rank'], list) else [0] * len(layers)
-        assert all(2 * r <= d for r, d in zip(ranks, dims))
-        if name.startswith('cascade'):   # hand-written: small early, larger late
-            assert dims == sorted(dims) and ranks == sorted(ranks)
-    if name in ('cascade_width_125m', 'cascade_rankwidth_125m'):
-        assert 47 <= 100 * (1 - COUNTS[name][1] / COUNTS['sd_125m'][1]) <= 65
+        assert all(2 * r <= a.head_dim for r, a in zip(ranks, layers))
 
 
 def test_quick_configs_train(quick_runs):

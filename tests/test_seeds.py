@@ -2,6 +2,7 @@
 seeds, computed from the per-seed numbers they also report."""
 import csv
 import json
+import math
 import os
 import statistics
 from dataclasses import asdict
@@ -49,11 +50,33 @@ def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
         lines = [{'iter': 0, 'val_loss': 4.0}, {'iter': 9, 'loss': 3.0, 'tokens_per_s': 1000.0},
                  {'iter': last, 'val_loss': final}]
         (tmp_path / name / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
-    rows = {r['arm']: r for r in runs.main([str(tmp_path / n) for n in finals] + ['--out', str(tmp_path / 'c.png')])}
+    rows = {r['arm']: r for r in runs.main([str(tmp_path / n) for n in finals] + ['--out_dir', str(tmp_path / 'o')])}
     assert rows['a']['seeds'] == 3 and rows['a']['val_loss'] == pytest.approx(1.55)
     assert rows['a']['std'] == pytest.approx(statistics.stdev([1.50, 1.60, 1.55]))
     assert rows['b']['seeds'] == 1 and rows['b']['val_loss'] == 2.0
-    assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
+    assert (tmp_path / 'o' / 'runs.png').read_bytes()[:4] == b'\x89PNG'
+    assert (tmp_path / 'o' / 'runs.csv').read_text().splitlines()[1].startswith('a,3,1.55,')
+
+
+def test_tradeoff_is_attention_share_and_ppl_change_against_the_baseline(tmp_path):
+    config = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32, attn='sd', norm='none')
+    finals = {'base_s1': 1.5, 'base_s2': 1.6, 'small_s1': 1.6, 'small_s2': 1.7}
+    for name, final in finals.items():
+        save(tmp_path / name, GPTConfig(**config, head_dim=8 if name.startswith('small') else None), 0)
+        (tmp_path / name / 'log.jsonl').write_text(json.dumps({'iter': 10, 'val_loss': final}) + '\n')
+    rows = {r['arm']: r for r in runs.main([str(tmp_path / n) for n in finals] +
+                                           ['--out_dir', str(tmp_path / 'o'), '--vs', 'small=base'])}
+    small, base = rows['small'], rows['base']
+    assert small['attn_params'] < base['attn_params']
+    assert small['attn_pct'] == pytest.approx(100 * small['attn_params'] / base['attn_params'])
+    deltas = [100 * (math.exp(f - 1.55) - 1) for f in (1.6, 1.7)]
+    assert small['dppl'] == pytest.approx(statistics.mean(deltas))
+    assert small['dppl_std'] == pytest.approx(statistics.stdev(deltas))
+    assert 'vs' not in base
+    assert small['base_std'] == pytest.approx(100 * (math.exp(statistics.stdev([1.5, 1.6])) - 1))
+    assert (tmp_path / 'o' / 'tradeoff.png').read_bytes()[:4] == b'\x89PNG'
+    with pytest.raises(SystemExit, match='not among the runs'):
+        runs.main([str(tmp_path / 'base_s1'), '--vs', 'small=base'])
 
 
 def test_analyze_arms_are_mean_and_std_of_the_seeds(seeds):
