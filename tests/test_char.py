@@ -33,7 +33,7 @@ def char_run(tmp_path_factory, tiny_text):
     """(tmp dir, data_root, out_dir): 100 KB of tiny shakespeare at character level and a 6-iteration run on it."""
     tmp = tmp_path_factory.mktemp('char')
     (tmp / 'input.txt').write_text(tiny_text, encoding='utf-8')
-    r = run('prepare.py', '--input', tmp / 'input.txt', '--name', 'chars', '--char', '--out_dir', tmp / 'data')
+    r = run('prepare.py', '--input', tmp / 'input.txt', '--name', 'chars', '--char', '--data_root', tmp / 'data')
     assert r.returncode == 0, r.stderr
     r = run('train.py', f'--data_root={tmp / "data"}', '--dataset=chars', f'--out_dir={tmp / "out"}', *TINY)
     assert r.returncode == 0, r.stderr
@@ -55,7 +55,7 @@ def test_several_files_are_joined_by_a_newline(tmp_path):
     (tmp_path / 'a.txt').write_text('abc' * 10, encoding='utf-8')
     (tmp_path / 'b.txt').write_text('xyz' * 10, encoding='utf-8')
     meta = prepare.main(['--input', str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt'), '--name', 'ab', '--char',
-                         '--out_dir', str(tmp_path)])
+                         '--data_root', str(tmp_path)])
     ids = np.concatenate([np.fromfile(tmp_path / 'ab' / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')])
     assert meta['chars'] == '\nabcxyz'
     assert prepare.codec(meta['chars'])[1](ids.tolist()) == 'abc' * 10 + '\n' + 'xyz' * 10
@@ -64,7 +64,7 @@ def test_several_files_are_joined_by_a_newline(tmp_path):
 def test_shakespeare_char_download_failure_names_the_offline_form(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, 'SHAKESPEARE_URL', 'http://127.0.0.1:9/input.txt')   # nothing listens there
     with pytest.raises(SystemExit) as e:
-        prepare.main(['shakespeare_char', '--out_dir', str(tmp_path / 'out')])
+        prepare.main(['shakespeare_char', '--data_root', str(tmp_path / 'out')])
     msg = str(e.value.code)
     assert msg.startswith('error:') and '--input FILE --name shakespeare_char --char' in msg and '\n' not in msg
     assert not (tmp_path / 'out').exists()
@@ -72,7 +72,7 @@ def test_shakespeare_char_download_failure_names_the_offline_form(tmp_path, monk
 
 def test_char_prepare_bad_utf8_leaves_nothing(tmp_path):
     (tmp_path / 'bad.txt').write_bytes(b'good text \xff more')
-    r = run('prepare.py', '--input', tmp_path / 'bad.txt', '--name', 'x', '--char', '--out_dir', tmp_path / 'out')
+    r = run('prepare.py', '--input', tmp_path / 'bad.txt', '--name', 'x', '--char', '--data_root', tmp_path / 'out')
     one_line_error(r, 'UTF-8')
     assert not (tmp_path / 'out').exists()
 
@@ -101,7 +101,7 @@ def test_sample_needs_no_data_folder(char_run, tmp_path):
 def test_resume_on_another_vocabulary_is_refused(char_run, tmp_path):
     tmp, _, out = char_run
     (tmp_path / 'other.txt').write_text('only these letters ' * 400, encoding='utf-8')
-    assert run('prepare.py', '--input', tmp_path / 'other.txt', '--name', 'other', '--char', '--out_dir',
+    assert run('prepare.py', '--input', tmp_path / 'other.txt', '--name', 'other', '--char', '--data_root',
                tmp_path).returncode == 0
     resumed = tmp_path / 'resumed'
     shutil.copytree(out, resumed)

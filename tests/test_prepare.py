@@ -55,7 +55,7 @@ def test_prepare_local_files(tmp_path):
     (tmp_path / "b.txt").write_text(b, encoding="utf-8")
     out = tmp_path / "out"
     meta = prepare.main(["--input", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"),
-                         "--name", "mini", "--out_dir", str(out), "--val_fraction", "0.2"])
+                         "--name", "mini", "--data_root", str(out), "--val_fraction", "0.2"])
     d = out / "mini"
     assert sorted(os.listdir(d)) == ["meta.json", "train.bin", "val.bin"]  # no temp files left
     assert meta == json.loads((d / "meta.json").read_text())
@@ -78,7 +78,7 @@ def test_single_file_has_no_separator_and_replaces_old_output(tmp_path):
     d = tmp_path / "data" / "t"
     d.mkdir(parents=True)
     (d / "train.bin").write_bytes(b"old")
-    meta = prepare.main(["--input", str(tmp_path / "t.txt"), "--name", "t", "--out_dir", str(tmp_path / "data")])
+    meta = prepare.main(["--input", str(tmp_path / "t.txt"), "--name", "t", "--data_root", str(tmp_path / "data")])
     ids = np.concatenate([read_bin(d / "train.bin"), read_bin(d / "val.bin")]).tolist()
     assert 50256 not in ids and get_encoding().decode(ids) == text
     assert meta["max_token_id"] == max(ids) and meta["val_tokens"] == int(0.1 * len(ids))
@@ -92,7 +92,7 @@ def test_chunked_encoding_matches_whole_text(tmp_path, monkeypatch):
             + "é日本語🙂 " * 50 + shared_text("tinyshakespeare.txt", 10_000) + "  trailing  \n \n")
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    n, max_id = prepare.tokenize_files([str(path)], str(tmp_path / "t.bin"), enc)
+    n, max_id = prepare.write_tokens(str(tmp_path / "t.bin"), prepare.tokenize_files([str(path)], enc))
     assert read_bin(tmp_path / "t.bin").tolist() == enc.encode_ordinary(text)
     assert n == len(enc.encode_ordinary(text))
 
@@ -188,7 +188,7 @@ def assert_one_line_error(r):
 
 
 def test_error_missing_file(tmp_path):
-    r = run_cli("--input", str(tmp_path / "nope.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    r = run_cli("--input", str(tmp_path / "nope.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
     assert_one_line_error(r)
     assert "nope.txt" in r.stderr and "not found" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -196,7 +196,7 @@ def test_error_missing_file(tmp_path):
 
 def test_error_empty_file(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
-    r = run_cli("--input", str(tmp_path / "empty.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    r = run_cli("--input", str(tmp_path / "empty.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
     assert_one_line_error(r)
     assert "empty" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -205,7 +205,7 @@ def test_error_empty_file(tmp_path):
 def test_error_too_few_tokens_leaves_nothing(tmp_path):
     (tmp_path / "tiny.txt").write_text("Hi", encoding="utf-8")
     (tmp_path / "out").mkdir()  # existed before: stays, but gets no NAME dir and no temp files
-    r = run_cli("--input", str(tmp_path / "tiny.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    r = run_cli("--input", str(tmp_path / "tiny.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
     assert_one_line_error(r)
     assert "too few" in r.stderr
     assert os.listdir(tmp_path / "out") == []
@@ -213,7 +213,7 @@ def test_error_too_few_tokens_leaves_nothing(tmp_path):
 
 def test_error_not_utf8(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("good text, then caf".encode() + "é".encode("latin-1") + b" more")
-    r = run_cli("--input", str(tmp_path / "latin1.txt"), "--name", "x", "--out_dir", str(tmp_path / "out"))
+    r = run_cli("--input", str(tmp_path / "latin1.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
     assert_one_line_error(r)
     assert "latin1.txt" in r.stderr and "UTF-8" in r.stderr and "offset 19" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -229,7 +229,7 @@ def test_not_utf8_offset_across_blocks(tmp_path, monkeypatch):
 
 
 def test_error_unknown_dataset(tmp_path):
-    r = run_cli("nosuchset", "--out_dir", str(tmp_path / "out"))
+    r = run_cli("nosuchset", "--data_root", str(tmp_path / "out"))
     assert_one_line_error(r)
     assert "nosuchset" in r.stderr and "wikitext103" in r.stderr and "openwebtext" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -238,7 +238,7 @@ def test_error_unknown_dataset(tmp_path):
 def test_download_failure_mentions_network_and_input(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")  # nothing listens there
     with pytest.raises(SystemExit) as e:
-        prepare.main(["shakespeare", "--out_dir", str(tmp_path / "out")])
+        prepare.main(["shakespeare", "--data_root", str(tmp_path / "out")])
     msg = str(e.value.code)
     assert msg.startswith("error:") and "network" in msg and "--input" in msg and "\n" not in msg
     assert not (tmp_path / "out").exists()
@@ -253,7 +253,7 @@ def test_hf_path_with_fake_dataset(tmp_path, monkeypatch):
                                  "validation": datasets.Dataset.from_dict({"text": rows[-40:]})})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)
     monkeypatch.setattr(prepare, "NPROC", 1)
-    meta = prepare.main(["wikitext2", "--out_dir", str(tmp_path)])
+    meta = prepare.main(["wikitext2", "--data_root", str(tmp_path)])
     d = tmp_path / "wikitext2"
     train, val = read_bin(d / "train.bin").tolist(), read_bin(d / "val.bin").tolist()
     assert train == [t for r in rows[:-40] for t in enc.encode_ordinary(r)]
