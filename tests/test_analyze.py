@@ -267,8 +267,8 @@ def test_cli_end_to_end(tmp_path):
     assert [a.kind for a in model.attention_layers()] == ['sd'] * 3
 
 
-def test_main_hf_dirs_compare(tmp_path, tiny_gpt2, tiny_bert, capsys):
-    """--hf local dirs: GPT-2, BERT with its tokenizer (data level), BERT without one (skipped); --compare."""
+def test_main_hf_dirs(tmp_path, tiny_gpt2, tiny_bert, capsys):
+    """--hf local dirs: GPT-2, BERT with its tokenizer (data level), BERT without one (skipped)."""
     tiny_gpt2.save_pretrained(tmp_path / 'gpt2-tiny')
     tiny_bert.save_pretrained(tmp_path / 'bert-tiny')
     tiny_bert.save_pretrained(tmp_path / 'bert-notok')
@@ -283,11 +283,11 @@ def test_main_hf_dirs_compare(tmp_path, tiny_gpt2, tiny_bert, capsys):
     text.write_text('hello world this is a test\nattention routing and filtering in small models\n')
     out = tmp_path / 'cmp'
     analyze.main(['--ckpt', str(tmp_path / 'std'), '--hf', str(tmp_path / 'gpt2-tiny'), str(tmp_path / 'bert-tiny'),
-                  str(tmp_path / 'bert-notok'), '--text_file', str(text), '--compare', '--out_dir', str(out)])
+                  str(tmp_path / 'bert-notok'), '--text_file', str(text), '--out_dir', str(out)])
     assert 'warning: no local tokenizer for bert-notok' in capsys.readouterr().err
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['total_heads'] == 16 and list(summary['models']) == ['std', 'gpt2-tiny', 'bert-tiny', 'bert-notok']
-    assert (out / 'compare.png').exists() and (out / 'heatmap_bert-tiny.png').exists()
+    assert (out / 'heatmap_bert-tiny.png').exists()
     with open(out / 'heads.csv') as f:
         levels = {(r['model'], r['level']) for r in csv.DictReader(f)}
     assert levels == {(m, lv) for m in ('std', 'gpt2-tiny', 'bert-tiny') for lv in ('weight', 'data')} | \
@@ -334,7 +334,7 @@ def test_cli_one_line_errors(tmp_path, case):
     assert not (tmp_path / 'o' / 'heads.csv').exists()
 
 
-@pytest.mark.parametrize('argv', [[], ['--ckpt', 'a', '--suggest', '/no/such/dir/c.py'], ['--ckpt', 'a', '--compare'],
+@pytest.mark.parametrize('argv', [[], ['--ckpt', 'a', '--suggest', '/no/such/dir/c.py'],
                                   ['--ckpt', 'a', '--text_file', 't', '--dataset', 'd'], ['--ckpt', 'a', '--bogus']])
 def test_bad_arguments_are_one_line_errors(argv):
     with pytest.raises(SystemExit) as e:
@@ -351,7 +351,8 @@ def test_config_files_compose():
     assert overrides['attn'] == ['linear'] * 2 + ['sd'] * 4 and config['n_layer'] == 6 and config['seed'] == 2
     assert configure(dict(defaults), [C('quick_sd.py'), C('hybrid_third.py')])['attn'] == ['linear'] + ['sd'] * 3
     config = dict(defaults)
-    configure(config, [C('quick_std.py'), C('nonorm.py')])
+    configure(config, [C('quick_sd.py'), C('std.py'), C('nonorm.py')])
     assert (config['attn'], config['norm'], config['dataset']) == ('standard', 'none', 'shakespeare_char')
+    assert config['out_dir'] == 'out/quick_sd_std_nonorm'   # each variant appends its name
     assert 'norm' not in configure(dict(defaults), [C('deep.py')])   # only what a file assigns is an override
     assert configure(dict(defaults), [C('quick_sd.py'), C('gpt2_init.py')])['emb_scale'] == 1.0
