@@ -1,14 +1,12 @@
 """
-Routing and filtering structure of attention heads (README: the idea): the skew-symmetric (routing) and symmetric
-(filtering) parts of each head's weight kernel M = W_q^T W_k (and of S − D for S−D heads), and of its interaction
-matrix A = QK^T/sqrt(d_h) on text (T x T, pre-softmax, biases included, unmasked; averaged over sequences).
+Routing (skew-symmetric) and filtering (symmetric) parts of each head's weight kernel M = W_q^T W_k (S−D: also S, D)
+and of its interaction matrix A = QK^T/sqrt(d_h) on text (pre-softmax, biases included, unmasked; mean over texts).
 
-    python analyze.py --ckpt out/sd_125m out/std_125m --dataset openwebtext
+    python analyze.py --ckpt out/quick_sd out/quick_sd_std --dataset shakespeare_char [--suggest FILE]
     python analyze.py --hf gpt2 bert-base-uncased --text_file wiki.txt --num_seqs 16 --seq_len 256
-    python analyze.py --ckpt out/std_125m --dataset openwebtext --suggest config/cascade_125m.py [--allocate width]
 
 Writes OUT_DIR/heads.csv (a row per model, level, layer, head), summary.json (per layer: mean and std over heads,
-and over the seeds of each arm of models NAME_s<seed>), cascade.png, rho.png, heatmap_<model>.png: all or nothing.
+and over the seeds of each arm NAME_s<seed>), cascade.png, rho.png, heatmap_<model>.png: all or nothing.
 """
 import argparse
 import csv
@@ -18,7 +16,7 @@ import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from itertools import islice, product
 
 import torch
 from tqdm import tqdm
@@ -39,7 +37,6 @@ TABLE = {'weight': {'cap': 'routing_capacity', 'routing': 'routing_erank', 'filt
          'data': {'A routing': 'routing_erank', 'A rho': 'rho'}}
 finite = lambda values: [v if v is not None and math.isfinite(v) else None for v in values]   # JSON has no nan
 
-# ----- metrics (README: the idea): one definition each
 
 def erank(s, ref=None):
     """Effective rank exp(H(p)), p = s / sum(s), of singular values s (..., k) (Roy & Vetterli 2007); values <=
@@ -49,10 +46,12 @@ def erank(s, ref=None):
     p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
     return torch.exp(-torch.xlogy(p, p).sum(-1)) * (s.sum(-1) > 0)
 
+
 def routing_capacity(n, d_h=None):
     """The largest rank of the skew part of an n x n matrix (even), or of a d_h-wide head's kernel (<= 2 d_h)."""
     cap = min(n, 2 * d_h) if d_h else n
     return cap - cap % 2
+
 
 def kernel_metrics(W_q, W_k, eig=True):
     """{metric: (...) float64 tensor} of the kernels M = W_q^T W_k of W_q, W_k (..., d_h, n), never forming M: with
@@ -83,6 +82,7 @@ def kernel_metrics(W_q, W_k, eig=True):
         out['max_re_eig'] = torch.linalg.eigvals(XY.mT).real.amax(-1)
     return out
 
+
 def kernel_metrics_naive(W_q, W_k):
     """Reference for kernel_metrics: the same metrics from the full n x n float64 M (for tests and the bench)."""
     d, n = W_q.shape[-2:]
@@ -96,6 +96,7 @@ def kernel_metrics_naive(W_q, W_k):
                 routing_capacity=torch.full_like(norm, routing_capacity(n, d)), rho=fro(skew) / fro(sym),
                 routing_fraction=fro(skew).square() / norm.square(), max_re_eig=lam_re.amax(-1))
 
+
 def interaction_metrics(q, k):
     """Metrics of A = q k^T / sqrt(d_h), q, k (..., T, d_h): the kernel of W_q = q^T / sqrt(d_h), W_k = k^T."""
     T, d = q.shape[-2:]
@@ -103,6 +104,7 @@ def interaction_metrics(q, k):
     m['routing_capacity'].fill_(routing_capacity(T))
     m['score_rms'] = (q.double() @ k.double().mT / math.sqrt(d)).square().mean((-2, -1)).sqrt()   # logit scale
     return m
+
 
 def sd_metrics(S, D):
     """S−D heads: erank of S (H, d, d), its rotation frequencies |Im eig(S)| (H, d//2), one per +-i w pair, descending
@@ -113,7 +115,6 @@ def sd_metrics(S, D):
     return dict(erank_S=erank(s), rotation_freqs=(s[..., 0:pairs:2] + s[..., 1:pairs:2]) / 2,
                 d_scalarness=D.std(-1, correction=0) / D.mean(-1))
 
-# ----- heads of our GPTs and of transformers' GPT-2 / BERT: per layer W_q, W_k (H, d, n) with M = W_q^T W_k
 
 def gpt_layers(model):
     """Per layer of one of our GPTs: dict(kind, W_q, W_k[, S, D]) in float64."""
@@ -122,6 +123,7 @@ def gpt_layers(model):
     for w in (w for w in layers if w['kind'] == 'sd'):   # W_q = L^T W in float64: the sym part is exactly -W^T D W
         w['W_q'] = (w['S'] - torch.diag_embed(w['D'])).mT @ w['W_k']
     return layers
+
 
 def hf_layers(hf):
     """Per layer of a transformers GPT-2 or BERT model: dict(kind, W_q, W_k, b_q, b_k)."""
@@ -135,14 +137,17 @@ def hf_layers(hf):
     return [dict(kind='standard', W_q=sa.query.weight.detach().view(H, d, n), W_k=sa.key.weight.detach().view(H, d, n),
                  b_q=sa.query.bias.detach().view(H, d), b_k=sa.key.bias.detach().view(H, d)) for sa in sas]
 
+
 @torch.no_grad()
 def layer_qk(module, idx):
     """q, k (B, H, T, d) of every layer on token ids idx (B, T), as the layer computes them (GPT-2: after ln_1)."""
     if isinstance(module, GPT):   # each attention layer's own qkv on its input
-        qk, attns = [], module.attention_layers()
-        with torch.nn.modules.module.register_module_forward_pre_hook(
-                lambda a, args: qk.append(a.qkv(args[0])[:2]) if a in attns else None):
-            module(idx)
+        qk = []
+        hooks = [a.register_forward_pre_hook(lambda a, args: qk.append(a.qkv(args[0])[:2]))
+                 for a in module.attention_layers()]
+        module(idx)
+        for h in hooks:
+            h.remove()
         return qk
     hidden = module.base_model(idx, output_hidden_states=True).hidden_states   # [i]: the input of layer i
     qk = []
@@ -150,6 +155,7 @@ def layer_qk(module, idx):
         x = module.base_model.h[i].ln_1(hidden[i]) if module.config.model_type == 'gpt2' else hidden[i]
         qk.append([torch.einsum('btn,hdn->bhtd', x, w[f'W_{p}']) + w[f'b_{p}'][:, None] for p in 'qk'])
     return qk
+
 
 def map_layers(fn, layers):
     """fn(layer) for each layer, in order, over torch's threads, each worker single-threaded: batched small LAPACK
@@ -162,15 +168,18 @@ def map_layers(fn, layers):
     finally:
         torch.set_num_threads(n)
 
+
 def layer_routing_erank(model):
     """Mean weight-kernel routing erank per layer of one of our GPTs (linearize.py --order cascade)."""
     return [m['routing_erank'].mean().item()
             for m in map_layers(lambda w: kernel_metrics(w['W_q'], w['W_k'], eig=False), gpt_layers(model))]
 
+
 def layer_metrics(w):
     """Weight-level metrics of one layer's heads (w: a gpt_layers / hf_layers entry)."""
     m = kernel_metrics(w['W_q'], w['W_k'])
     return m | sd_metrics(w['S'], w['D']) if 'S' in w else m
+
 
 def weight_rows(name, w, layer, m=None):
     """heads.csv rows of the weight level of one layer, from its layer_metrics m (computed if not given)."""
@@ -178,6 +187,7 @@ def weight_rows(name, w, layer, m=None):
     H, d, n = w['W_q'].shape
     return [dict(model=name, level='weight', layer=layer, head=h, kind=w['kind'], head_dim=d, n=n,
                  **{k: v[h].tolist() for k, v in m.items()}) for h in range(H)]
+
 
 def data_rows(name, kinds, module, seqs, bar):
     """heads.csv rows of the data level: per layer and head, metrics averaged over the sequences (1-D ids)."""
@@ -192,7 +202,6 @@ def data_rows(name, kinds, module, seqs, bar):
                  **{key: v[h].item() / len(seqs) for key, v in m.items()})
             for layer, (m, (q, _)) in enumerate(zip(sums, qk)) for h in range(q.shape[1])]
 
-# ----- inputs
 
 def load_model(source, hf, device):
     """(module, info) of a train.py checkpoint or out_dir, or with hf, of a transformers GPT-2 or BERT model (hub
@@ -216,6 +225,7 @@ def load_model(source, hf, device):
     return module, dict(norm='layernorm', max_len=c.max_position_embeddings, vocab=c.vocab_size,
                         tok=('codec', None) if c.model_type == 'gpt2' else ('bert', source))
 
+
 def tokenize(lines, tok, num_seqs, seq_len, vocab):
     """Up to num_seqs sequences (LongTensors of 2..seq_len ids) of the lines in the tokenizer tok, or None."""
     if tok[0] == 'codec':
@@ -233,7 +243,6 @@ def tokenize(lines, tok, num_seqs, seq_len, vocab):
         encode = lambda line: bert(line, truncation=True, max_length=seq_len)['input_ids']
     return list(islice((torch.tensor(ids) for ids in map(encode, lines) if len(ids) >= 2), num_seqs)) or None
 
-# ----- outputs
 
 def make_figures(rows, summary):
     """{filename: matplotlib Figure}: cascade.png, rho.png, heatmap_<model>.png."""
@@ -246,7 +255,8 @@ def make_figures(rows, summary):
     for fname, metric, label in (('cascade.png', 'routing_erank', 'routing erank (skew part; dashed: capacity)'),
                                  ('rho.png', 'rho', r'$\rho = \|skew\|_F / \|sym\|_F$')):
         fig = figs[fname] = Figure(figsize=(6.5 * len(levels), 4.8), layout='constrained')
-        fig.suptitle(f"{label} per layer, mean over heads (then over an arm's seeds) ± std over heads (seeds)")
+        fig.suptitle(f"{label.split(' (')[0]} per layer: mean over heads (and an arm's seeds), ± std over heads "
+                     f"(seeds)")
         for ax, lv in zip(fig.subplots(1, len(levels), squeeze=False)[0], levels):
             for i, (name, st, m) in enumerate(curves):
                 if lv in st:
@@ -257,7 +267,7 @@ def make_figures(rows, summary):
                     if metric == 'routing_erank':
                         ax.plot(x, m[lv]['routing_capacity']['mean'], '--', lw=1, color=f'C{i}', alpha=0.7)
                         ax.set_yscale('log', base=2)
-            ax.set(xlabel='relative depth, layer / (n_layer - 1)', title=LEVELS[lv])
+            ax.set(xlabel='relative depth, layer / (n_layer - 1)', ylabel=label, title=LEVELS[lv])
             ax.yaxis.set_major_formatter('{x:g}')
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -274,6 +284,7 @@ def make_figures(rows, summary):
             ax.set(xlabel='head', ylabel='layer', title=LEVELS[lv])
             ax.locator_params(integer=True)
     return figs
+
 
 def suggest_config(name, m, allocate='rank'):
     """A train.py config for an S−D model of the shape of model `name` (m: its summary) that follows its routing cascade
@@ -292,6 +303,7 @@ def suggest_config(name, m, allocate='rank'):
     if allocate == 'rank' and any(d != m['n_embd'] // m['n_head'] for d in m['head_dim']):
         lines.append(f"head_dim = {m['head_dim']}")
     return '\n'.join(lines + ["attn = 'sd'", f"norm = {m['norm']!r}", f"{rule.split('[')[0]} = {values}"]) + '\n'
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -350,18 +362,19 @@ def main(argv=None):
         m = models[name] = dict(source=source, n_layer=L, n_head=H, n_embd=n_embd, norm=info['norm'], heads=L * H,
                                 head_dim=[w['W_q'].shape[1] for w in layers], attn=[w['kind'] for w in layers],
                                 num_seqs=len(seqs))
-        for lv, k in ((lv, k) for lv in LEVELS for k in METRICS):   # per layer, mean and std over heads
+        for lv, k in product(LEVELS, METRICS):   # per layer, mean and std over heads
             v = [[r[k] for r in own if r['level'] == lv and r['layer'] == j and r.get(k) is not None] for j in range(L)]
             if any(v):
                 v = [torch.tensor(x or [math.nan], dtype=torch.float64) for x in v]
                 m.setdefault(lv, {})[k] = dict(mean=finite([x.mean().item() for x in v]),
                                                std=finite([x.std(correction=0).item() for x in v]))
         rows += own
+        del module, layers   # one model in memory at a time
 
     arms = {}   # of several seeds (models NAME_s<seed>): per layer, mean and std over seeds of their mean over heads
     for arm in dict.fromkeys(map(arm_of, models)):
         names = [name for name in models if arm_of(name) == arm]
-        for lv, k in ((lv, k) for lv in LEVELS for k in METRICS):
+        for lv, k in product(LEVELS, METRICS):
             per_seed = [models[name].get(lv, {}).get(k, {}).get('mean') for name in names]
             if len(names) > 1 and None not in per_seed:
                 v = [mean_std(x) if None not in x else (None, None) for x in zip(*per_seed)]
@@ -394,6 +407,7 @@ def main(argv=None):
                                                      for x, s in zip(v['mean'], v['std'])))
     print(f"\n{summary['total_heads']} heads -> {args.out_dir}/ ({', '.join(outputs)})" +
           (f"; config -> {args.suggest}" if args.suggest else ''))
+
 
 if __name__ == '__main__':
     main()

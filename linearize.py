@@ -1,14 +1,11 @@
 """
-Post-hoc linearization: switch k softmax attention layers of trained models to ELU+1 linear attention that reuses
-each layer's own q and k (no retraining; with --finetune_iters, also after a short healing), and measure val PPL.
+Post-hoc linearization: switch k softmax layers of trained models to ELU+1 attention on each layer's own q and k
+(optionally healed by --finetune_iters steps) and measure val PPL, for k = 0, 1, ... and each --order: the first
+or last k softmax layers, or cascade: the k of lowest routing erank. Every k of every checkpoint sees the same val
+batches (with --seed 0, those train.py evaluates on). Writes OUT_DIR/linearize.csv, linearize_arms.csv (mean ± std
+over the seeds of each arm: checkpoint folders NAME_s<seed>) and linearize.png.
 
     python linearize.py --ckpt out/quick_sd out/quick_sd_std --order first last cascade [--finetune_iters 100]
-
---order picks the k layers: the first or last k softmax layers, or cascade: the k of lowest routing erank
-(analyze.layer_routing_erank). Layers trained as 'linear' stay linear; k counts the softmax layers switched. Every
-k of every checkpoint sees the same val batches (batch i drawn with seed [seed, 1, 0, i]: with --seed 0, those
-train.py evaluates on). Writes OUT_DIR/linearize.csv (one row per checkpoint, order, k), linearize_arms.csv (mean
-± std over the seeds of each arm: checkpoint folders NAME_s<seed>) and linearize.png.
 """
 import argparse
 import csv
@@ -101,7 +98,7 @@ def plot(arms, args, block_size):
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 5), layout='constrained')
+    fig = Figure(figsize=(10, 5), layout='constrained')
     ax, deltas = fig.subplots(), []
     for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
         for order, style in zip(ORDERS, ('-', '--', ':')):
@@ -117,8 +114,7 @@ def plot(arms, args, block_size):
                     ax.fill_between(ks, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)],
                                     color=f'C{c}', alpha=0.15 * alpha, lw=0)
                 deltas += d
-    ax.axhline(5, color='gray', lw=0.8, ls=(0, (1, 3)))
-    ax.text(0, 5, ' +5%', color='gray', va='bottom', fontsize=8)
+    ax.axhline(5, color='gray', lw=0.8, ls=(0, (1, 3)), label='+5%')
     if max(map(abs, deltas)) > 100:   # wide range: symlog keeps 0 and small negatives
         ax.set_yscale('symlog', linthresh=1)
         ax.set_ylim(bottom=min(-1, 1.5 * min(deltas)))
@@ -127,9 +123,7 @@ def plot(arms, args, block_size):
            title=f"Post-hoc linearization: {args.dataset} val, {args.num_batches}x{args.batch_size}x{block_size} "
                  f"tokens")
     ax.grid(True, alpha=0.3)
-    if len(ax.get_lines()) > 7:   # many curves: legend beside the plot
-        fig.set_size_inches(11, 5)
-    ax.legend(fontsize=8, **({'loc': 'upper left', 'bbox_to_anchor': (1.01, 1)} if len(ax.get_lines()) > 7 else {}))
+    fig.legend(loc='outside right upper', fontsize=8)
     return fig
 
 
@@ -219,22 +213,13 @@ def main(argv=None):
         ('linearize.png', lambda f: plot(arms, args, block_size).savefig(f, format='png', dpi=120)))}
     data.write_files(out)
 
-    print(f"{'ckpt':<20} {'order':<8} {'k':>3} {'linear layers':<16} {'val loss':>9} {'ppl':>10} {'Δppl %':>9}"
-          + (f" {'healed loss':>11} {'healed ppl':>10} {'Δ %':>9}" if ft else ''))
-    for r in rows:
-        print(f"{r['name'][:20]:<20} {r['order']:<8} {r['k']:>3} {r['layers'] or '-':<16} {r['val_loss']:>9.4f} "
-              f"{r['ppl']:>10.2f} {r['delta_pct']:>+9.2f}"
-              + (f" {r['ft_val_loss']:>11.4f} {r['ft_ppl']:>10.2f} {r['ft_delta_pct']:>+9.2f}" if ft else ''))
-    if any(a['n'] > 1 for a in arms):
-        print("\nmean ± std over seeds (arms: checkpoint folders NAME_s<seed>), ΔPPL % for k = 0, 1, ...")
-        for order in args.order:
-            for arm in dict.fromkeys(a['arm'] for a in arms):
-                rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
-                cells = ' '.join(f"{a['delta_pct']:+.1f}±{a['delta_pct_std']:.1f}" for a in rs)
-                heal = ' | healed: ' + ' '.join(f"{a['ft_delta_pct']:+.1f}±{a['ft_delta_pct_std']:.1f}" for a in rs) \
-                    if ft else ''
-                print(f"{arm:<24} {order:<8} n={rs[0]['n']} val loss {rs[0]['val_loss']:.4f}±"
-                      f"{rs[0]['val_loss_std']:.4f}  {cells}{heal}")
+    print("ΔPPL % for k = 0, 1, ... (arms of several seeds: mean ± std over seeds, checkpoint folders NAME_s<seed>)")
+    for a0 in (a for a in arms if a['k'] == 0):
+        rs = [a for a in arms if a['arm'] == a0['arm'] and a['order'] == a0['order']]
+        cells = {c: ' '.join(f"{a[c]:+.1f}" + (f"±{a[c + '_std']:.1f}" if a['n'] > 1 else '') for a in rs)
+                 for c in ('delta_pct', 'ft_delta_pct') if c in a0}
+        print(f"{a0['arm']:<24} {a0['order']:<8} n={a0['n']} val loss {a0['val_loss']:.4f}  {cells['delta_pct']}"
+              + (f" | healed: {cells['ft_delta_pct']}" if ft else ''))
     print(f"wrote {', '.join(out)}")
     return rows
 

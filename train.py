@@ -22,8 +22,7 @@ import data
 from configurator import configure
 from model import GPT, GPTConfig
 
-# -----------------------------------------------------------------------------
-# defaults (a config file and --key=value override them)
+# defaults, overridden by config files and --key=value ------------------------------
 out_dir = 'out'
 eval_interval = 1000
 log_interval = 10
@@ -67,10 +66,8 @@ dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 compile = True
 deterministic = False               # bitwise-reproducible kernels (slower)
 peak_flops = 989e12                 # for MFU: H100 SXM dense bf16; measure yours with bench.py
-# -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items()
-               if not k.startswith('_') and isinstance(v, (int, float, bool, str, list, type(None)))]
-config = {k: globals()[k] for k in config_keys}
+config = {k: v for k, v in globals().items()
+          if not k.startswith('_') and (v is None or isinstance(v, (int, float, str, list)))}
 configure(config)
 globals().update(config)
 
@@ -117,8 +114,7 @@ if deterministic:
     torch.use_deterministic_algorithms(True)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[dtype]
-autocast = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+autocast = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
 
 # data -------------------------------------------------------------------------
 data_dir = os.path.join(data_root, dataset)
@@ -206,9 +202,7 @@ def get_lr(it):
         return learning_rate
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= lr_decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    ratio = min(1, (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
@@ -241,13 +235,8 @@ if master:
     os.makedirs(out_dir, exist_ok=True)
     lines = []
     if init_from == 'resume' and os.path.exists(log_path):   # drop what was logged after the checkpoint
-        with open(log_path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)['iter'] < iter_num:
-                        lines.append(line.rstrip('\n') + '\n')
-                except (ValueError, KeyError, TypeError):   # e.g. a line cut short by a kill
-                    pass
+        with open(log_path) as f:   # (and a last line cut short by a kill: each line is written with its newline)
+            lines = [line for line in f if line.endswith('\n') and json.loads(line)['iter'] < iter_num]
     data.write_files({log_path: ''.join(lines)})
 checkpoint = None   # free its memory
 

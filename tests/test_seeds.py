@@ -42,6 +42,11 @@ def test_arm_of():
     assert runs.arm_of('sd_none_s12') == 'sd_none' and runs.arm_of('sd_s1x') == 'sd_s1x' and runs.arm_of('a') == 'a'
 
 
+def test_mean_std_nan_in_nan_out():
+    assert runs.mean_std([1.0, 3.0]) == (2.0, statistics.stdev([1.0, 3.0])) and math.isnan(runs.mean_std([2.0])[1])
+    assert all(math.isnan(v) for xs in ([1.0, math.nan], [math.nan], []) for v in runs.mean_std(xs))
+
+
 def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
     finals = {'a_s1': 1.50, 'a_s2': 1.60, 'a_s3': 1.55, 'b_s1': 2.0, 'b_s2': 9.0}
     for name, final in finals.items():
