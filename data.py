@@ -36,9 +36,8 @@ def get_batch(data, batch_size, block_size, seed):
     """batch_size random windows (x, y = x shifted by one) drawn by an RNG seeded with `seed` (an int or
     a list of ints): the same seed gives the same batch, whatever happened before."""
     ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window
-    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in ix]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
-    return x, y
+    w = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
 def write_files(outputs):

@@ -1,9 +1,5 @@
-"""
-A GPT whose attention is, per layer, 'standard' softmax (q, k, v projections, SDPA / flash), 'sd' (scores
-u_i^T (S − D) u_j / sqrt(d_h) with one projection u = W x, S skew-symmetric: routing, D positive diagonal:
-filtering) or 'linear' (ELU+1, Katharopoulos et al. 2020). One class, `Attention`: a projection, then a mixer
-(softmax or ELU+1); `GPT.linearize` switches softmax layers to ELU+1 post hoc. LayerNorm is optional.
-"""
+"""A GPT whose attention is, per layer, 'standard' softmax, 'sd' (scores u_i^T (S − D) u_j / sqrt(d_h), u = W x,
+S skew-symmetric, D positive diagonal) or 'linear' (ELU+1, Katharopoulos et al. 2020). LayerNorm is optional."""
 import math
 import os
 import pickle
@@ -34,8 +30,7 @@ class GPTConfig:
     sd_rank: int | None | list = None    # S−D routing rank r (S = U V^T − V U^T); None = full
     sd_filter: str | list = 'diag'       # S−D filter D: 'diag' (d_h values) | 'scalar' (one per head)
     linear_chunk: int = 64               # chunk length of the chunkwise-parallel ELU+1 form
-    emb_scale: float | None = None       # multiplier of the input embedding; None: sqrt(n_embd) when the
-                                         # blocks have no LayerNorm (README: training without LayerNorm), else 1
+    emb_scale: float | None = None       # input embedding multiplier; None: 1 with LayerNorm, else sqrt(n_embd)
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -69,54 +64,39 @@ class GPTConfig:
 
 
 def elu_linear_attention(q, k, v, chunk=64, state=None):
-    """Causal, normalized ELU+1 linear attention, chunkwise parallel.
-
-    q, k, v: (B, H, T, d). Inside a chunk of length C the causal quadratic form is used; across chunks
-    a running state (sum phi(k)^T v, sum phi(k)), kept in fp32, carries the past: O(T C d + T d^2).
-    `state` continues from an earlier call, so with T = 1 this is the O(1)-per-token recurrent form.
-    Returns (output in v's dtype, new state).
-    """
-    B, H, T, d = q.shape
-    dtype, C = v.dtype, min(chunk, T)
+    """Causal normalized ELU+1 attention on q, k, v (B, H, T, d), chunkwise: quadratic inside a chunk, an fp32 state
+    (sum phi(k)^T v, sum phi(k)) across chunks and from `state`. Returns (output in v's dtype, new state)."""
+    T, dtype = q.size(2), v.dtype
+    C = min(chunk, T)
     pad = (-T) % C
-    q, k, v = (t.float() for t in (q, k, v))
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    q, k, v = (F.pad(t.float(), (0, 0, 0, pad)) if pad else t.float() for t in (q, k, v))
     q, k = F.elu(q) + 1, F.elu(k) + 1
     if pad:  # padded keys must contribute nothing (phi(0) = 1, so zero them after phi)
         k[:, :, T:] = 0
-    n = (T + pad) // C
-    q, k, v = (t.view(B, H, n, C, -1) for t in (q, k, v))
+    q, k, v = (t.unflatten(2, (-1, C)) for t in (q, k, v))   # (B, H, n, C, d): n chunks of length C
     scores = (q @ k.transpose(-1, -2)).tril()              # (B, H, n, C, C) causal within a chunk
-    kv = k.transpose(-1, -2) @ v                           # (B, H, n, d, dv) each chunk's contribution
-    ksum = k.sum(3)                                        # (B, H, n, d)
+    kv, ksum = k.transpose(-1, -2) @ v, k.sum(3)           # (B, H, n, d, dv), (B, H, n, d): each chunk's part
     kv_past, ksum_past = kv.cumsum(2) - kv, ksum.cumsum(2) - ksum   # exclusive prefix over chunks
     if state is not None:
         kv_past, ksum_past = kv_past + state[0].unsqueeze(2), ksum_past + state[1].unsqueeze(2)
     num = scores @ v + q @ kv_past
     den = scores.sum(-1) + (q * ksum_past.unsqueeze(3)).sum(-1)
-    y = (num / den.unsqueeze(-1)).view(B, H, n * C, -1)[:, :, :T]
-    new_state = (kv_past[:, :, -1] + kv[:, :, -1], ksum_past[:, :, -1] + ksum[:, :, -1])
-    return y.to(dtype), new_state
+    y = (num / den.unsqueeze(-1)).flatten(2, 3)[:, :, :T]
+    return y.to(dtype), (kv_past[:, :, -1] + kv[:, :, -1], ksum_past[:, :, -1] + ksum[:, :, -1])
 
 
 def elu_linear_step(q, k, v, state=None):
-    """elu_linear_attention for one token (T = 1) without the chunking: the O(1) recurrent form that
-    decoding runs. The token's own key enters the state before the read, as in the causal form."""
+    """elu_linear_attention for one token, O(1) (decoding): its own key enters the state before the read."""
     dtype = v.dtype
     q, k, v = F.elu(q.float()) + 1, F.elu(k.float()) + 1, v.float()
     k = k.transpose(-1, -2)                                  # (B, H, d, 1): k^T v is an outer product
-    if state is None:
-        kv, ksum = k * v, k[..., 0]
-    else:
-        kv, ksum = torch.addcmul(state[0], k, v), state[1] + k[..., 0]   # (B, H, d, dv), (B, H, d)
+    kv, ksum = (k * v, k[..., 0]) if state is None else (torch.addcmul(state[0], k, v), state[1] + k[..., 0])
     y = (q @ kv) / (q @ ksum.unsqueeze(-1))
     return y.to(dtype), (kv, ksum)
 
 
 class Attention(nn.Module):
-    """Causal self-attention of one layer: projection ('standard'/'linear': q, k; 'sd': u and S − D)
-    then mixer (softmax through SDPA, or ELU+1 when `self.linear`)."""
+    """Causal self-attention: a projection (q, k; S−D: u and S − D), then softmax (SDPA) or ELU+1 (`self.linear`)."""
 
     def __init__(self, config, layer):
         super().__init__()
@@ -141,24 +121,19 @@ class Attention(nn.Module):
 
     def sd_generator(self):
         """Per head: S (H, d, d) skew-symmetric, D (H, d) positive diagonal."""
-        if hasattr(self, 'sd_P'):
-            S = self.sd_P - self.sd_P.transpose(1, 2)
-        else:
-            UV = self.sd_U @ self.sd_V.transpose(1, 2)
-            S = UV - UV.transpose(1, 2)
+        P = self.sd_P if hasattr(self, 'sd_P') else self.sd_U @ self.sd_V.transpose(1, 2)
+        S = P - P.transpose(1, 2)
         D = F.softplus(self.sd_delta).expand(self.n_head, self.head_dim)
         return S, D
 
     def qkv(self, x):
         """q, k, v of shape (B, H, T, d) such that the pre-softmax scores are q·k / sqrt(d)."""
-        B, T, _ = x.shape
-        parts = self.c_attn(x).view(B, T, self.n_proj, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        parts = self.c_attn(x).unflatten(-1, (self.n_proj, self.n_head, self.head_dim)).permute(2, 0, 3, 1, 4)
         if self.kind != 'sd':
-            return parts[0], parts[1], parts[2]
-        u, v = parts[0], parts[1]
+            return parts.unbind()
         S, D = self.sd_generator()
         L = S - torch.diag_embed(D)                 # u_i^T L u_j = (u_i L) · u_j: fold L into the query
-        return u @ L.to(u.dtype), u, v
+        return parts[0] @ L.to(parts.dtype), parts[0], parts[1]
 
     def forward(self, x, cache=None):
         """cache: None (training), or a dict this layer fills and reuses for incremental decoding: the
@@ -167,14 +142,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x)
         if self.linear:
             state = None if cache is None else cache.get('state')
-            if T == 1:
-                y, state = elu_linear_step(q, k, v, state)
-            else:
-                y, state = elu_linear_attention(q, k, v, self.chunk, state)
+            y, state = elu_linear_step(q, k, v, state) if T == 1 else elu_linear_attention(q, k, v, self.chunk, state)
             if cache is not None:
                 cache['state'] = state
         else:
-            causal = True
             if cache is not None:
                 if 'k' not in cache:   # allocated once: a new token is written in place, the past never copied
                     shape = (B, self.n_head, cache.get('size', T), self.head_dim)
@@ -183,29 +154,25 @@ class Attention(nn.Module):
                 assert (n == T or T == 1) and n <= cache['k'].size(2), "decode one token at a time, within 'size'"
                 cache['k'][:, :, n - T:n], cache['v'][:, :, n - T:n], cache['n'] = k, v, n
                 if n > T:
-                    k, v, causal = cache['k'][:, :, :n], cache['v'][:, :, :n], False
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                    k, v = cache['k'][:, :, :n], cache['v'][:, :, :n]
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=k.size(2) == T,   # not over a cached past
                                                dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
 
     def head_weights(self):
-        """Per head x-space projections W_q, W_k (H, d, n_embd) with weight kernel M = W_q^T W_k
-        (README: the idea). For S−D, W_q = L^T W and W_k = W, so M = W^T (S − D) W; S and D are included."""
+        """Per head W_q, W_k (H, d, n_embd) with kernel M = W_q^T W_k; for S−D also S and D, W_q = L^T W, W_k = W."""
         W = self.c_attn.weight.view(self.n_proj, self.n_head, self.head_dim, -1)
         if self.kind != 'sd':
             return dict(W_q=W[0], W_k=W[1])
         S, D = self.sd_generator()
-        L = S - torch.diag_embed(D)
-        return dict(W_q=L.transpose(1, 2) @ W[0], W_k=W[0], S=S, D=D)
+        return dict(W_q=(S - torch.diag_embed(D)).transpose(1, 2) @ W[0], W_k=W[0], S=S, D=D)
 
     def flops_per_token(self, T):
         """Forward+backward FLOPs per token of the token mixing (the projections are counted as params)."""
-        H, d = self.n_head, self.head_dim
-        sd_fold = 3 * H * 2 * d * d if self.kind == 'sd' else 0     # q = u @ L
-        if self.linear:   # intra-chunk scores and values, plus state update and read-out
-            return 3 * H * (4 * min(self.chunk, T) * d + 4 * d * d) + sd_fold
-        return 3 * H * 4 * T * d + sd_fold
+        d = self.head_dim   # ELU+1: intra-chunk scores and values, plus state update and read-out
+        mix = 4 * min(self.chunk, T) * d + 4 * d * d if self.linear else 4 * T * d
+        return 3 * self.n_head * (mix + (2 * d * d if self.kind == 'sd' else 0))   # S−D: q = u @ L
 
 
 class MLP(nn.Module):
@@ -220,9 +187,8 @@ class MLP(nn.Module):
 
 
 def make_norm(config, final=False):
-    if config.norm == 'none' or (config.norm == 'final' and not final):
-        return nn.Identity()
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+    on = config.norm == 'layernorm' or (final and config.norm == 'final')
+    return nn.LayerNorm(config.n_embd, bias=config.bias) if on else nn.Identity()
 
 
 class Block(nn.Module):
@@ -249,34 +215,27 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight   # weight tying
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():             # GPT-2: scaled init of residual projections
+        for m in self.modules():                             # GPT-2 init, residual projections scaled
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, 'bias', None) is not None:
+                    nn.init.zeros_(m.bias)
+        for name, p in self.named_parameters():
             if name.endswith('c_proj.weight'):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def attention_layers(self):
         return [block.attn for block in self.transformer.h]
 
     def num_params(self, non_embedding=True):
-        """Parameter count; by default without the position embeddings (the token embedding is tied
-        to the output layer, so it counts)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        """Parameter count; by default without the position embeddings (the tied token embedding counts)."""
+        return sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if non_embedding else 0)
 
     def num_attention_params(self):
         return sum(p.numel() for a in self.attention_layers() for p in a.parameters())
 
     def forward(self, idx, targets=None, cache=None, pos=0):
-        """idx (B, T) token ids. With targets: (logits, mean cross-entropy). Without: logits of the last
-        position only (generation). cache/pos: incremental decoding, see generate()."""
+        """idx (B, T) -> (logits, mean cross-entropy); without targets (last position's logits, None)."""
         B, T = idx.shape
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of length {pos + T} is longer than block_size={self.config.block_size}")
@@ -288,12 +247,10 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
     def linearize(self, layers):
-        """Post hoc: switch the softmax attention of `layers` (indices) to ELU+1 linear attention that
-        reuses each layer's own q and k; every other layer goes back to its trained mixer."""
+        """Post hoc: ELU+1 with the trained q, k in `layers` (indices); every other layer back to its trained mixer."""
         layers = set(layers)
         for i, a in enumerate(self.attention_layers()):
             a.linear = i in layers or a.kind == 'linear'
@@ -305,8 +262,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
-        """(model, checkpoint dict) from a train.py ckpt.pt or its out_dir; anything else is a one-line error. The
-        file is read with torch's safe loader (weights_only): tensors and plain Python values only, never code."""
+        """(model, checkpoint dict) from a train.py ckpt.pt or its out_dir, read with torch's safe loader
+        (weights_only: tensors and plain values, never code); anything else is a one-line error."""
         path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
         try:
             ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -335,11 +292,9 @@ class GPT(nn.Module):
         keys = [k for k in sd if k in sd_hf]
         if set(sd) - set(keys) - {'lm_head.weight'}:
             raise ValueError(f"not a GPT-2 checkpoint: missing {sorted(set(sd) - set(keys))[:3]}")
-        # GPT-2 uses Conv1D (in, out) where we use Linear (out, in)
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-        with torch.no_grad():
-            for k in keys:
-                sd[k].copy_(sd_hf[k].t() if k.endswith(transposed) else sd_hf[k])
+        transposed = ('c_attn.weight', 'c_proj.weight', 'c_fc.weight')   # GPT-2's Conv1D is (in, out), Linear (out, in)
+        for k in keys:   # state_dict() tensors are detached views of the parameters
+            sd[k].copy_(sd_hf[k].t() if k.endswith(transposed) else sd_hf[k])
         return model
 
     @classmethod
@@ -350,16 +305,14 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices (and the S−D generators), not on biases, norms, the filter."""
-        decay, no_decay = [], []
+        groups = [{'params': [], 'weight_decay': weight_decay}, {'params': [], 'weight_decay': 0.0}]
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 and not name.endswith('sd_delta') else no_decay).append(p)
-        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+                groups[p.dim() < 2 or name.endswith('sd_delta')]['params'].append(p)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
 
     def flops_per_token(self, T):
-        """Forward+backward FLOPs per token: 6 per matmul parameter (PaLM appendix B) plus token mixing.
-        The S−D generator is not a per-token matmul parameter; its fold is counted in the mixing."""
+        """Forward+backward FLOPs per token: 6 per matmul parameter (PaLM appendix B) plus mixing (and the S−D fold)."""
         sd_params = sum(p.numel() for n, p in self.named_parameters() if '.sd_' in n)
         return 6 * (self.num_params() - sd_params) + sum(a.flops_per_token(T) for a in self.attention_layers())
 
@@ -368,25 +321,20 @@ class GPT(nn.Module):
         return self.flops_per_token(self.config.block_size) * tokens_per_iter / dt / peak_flops
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after idx (B, T). Softmax layers keep a k/v cache and ELU+1 layers a
-        fixed-size recurrent state, so a new token costs O(1) for linear layers; the k/v cache is
-        allocated once for every position it will hold. Past block_size the window slides, which for
-        learned absolute positions means re-encoding it."""
-        cache, pos, size = None, 0, min(self.config.block_size, idx.size(1) + max_new_tokens)
+        """Sample max_new_tokens after idx (B, T) with a k/v cache (softmax) or recurrent state (ELU+1) per layer.
+        Past block_size the window slides, which for learned absolute positions means re-encoding it."""
+        bs = self.config.block_size
+        cache, pos, size = None, 0, min(bs, idx.size(1) + max_new_tokens)
         with torch.inference_mode():   # lighter than no_grad per op, and a decode step is many small ops
             for _ in range(max_new_tokens):
-                if cache is None or pos >= self.config.block_size:
-                    context = idx[:, -self.config.block_size:]
-                    cache = [dict(size=size) for _ in range(self.config.n_layer)]
-                    logits, _ = self(context, cache=cache)
-                    pos = context.size(1)
-                else:
-                    logits, _ = self(idx[:, -1:], cache=cache, pos=pos)
-                    pos += 1
+                if cache is None or pos >= bs:   # (re-)encode the window
+                    cache, pos = [dict(size=size) for _ in range(self.config.n_layer)], 0
+                x = idx[:, -bs:] if pos == 0 else idx[:, -1:]
+                logits, _ = self(x, cache=cache, pos=pos)
+                pos += x.size(1)
                 logits = logits[:, -1, :] / temperature
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float('Inf')
-                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-                idx = torch.cat((idx, idx_next), dim=1)
+                idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
         return idx.clone()   # out of inference mode: a normal tensor, usable with autograd

@@ -1,14 +1,7 @@
-"""
-Compare training runs across seeds: one row per arm (final val loss mean ± std over seeds, parameters, attention
-parameters, tokens/s), the val-loss curves with a mean ± std band per arm, and the trade-off of models with fewer
-attention parameters against their baselines (attention parameters vs ΔPPL).
-
-    python runs.py out/exp/*  [--out_dir docs]  [--vs ARM=BASELINE ...]
-
-An arm is the run folder's name without a trailing `_s<seed>` (out/exp/sd_s1, _s2, _s3 -> sd). Each folder holds
-a train.py log.jsonl (and its ckpt.pt, for the parameter counts); unfinished runs are reported with the iteration
-they reached and left out of the means. --out_dir writes runs.csv and runs.png, and with --vs tradeoff.png.
-"""
+"""Compare training runs across seeds (folders NAME_s<seed> of arm NAME): final val loss mean ± std over the seeds
+that reached the last iteration, parameters, attention parameters, tokens/s; val-loss curves with ± std bands; with
+--vs, ΔPPL vs attention parameters against a baseline arm. Each folder: train.py's log.jsonl (and ckpt.pt, for counts).
+    python runs.py out/exp/*  [--out_dir docs]  [--vs ARM=BASELINE ...]   # --out_dir: runs.csv, .png, tradeoff.png"""
 import argparse
 import json
 import math
@@ -17,6 +10,8 @@ import re
 import statistics
 import sys
 from collections import defaultdict
+
+import numpy as np
 
 import data
 from model import GPT
@@ -34,63 +29,51 @@ def run_name(path):
 
 
 def mean_std(xs):
-    """Mean and sample std (nan for one value); nan in, nan out."""
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
+    """Mean and sample std (nan for one value); nan in or no values: nan out."""
+    ok = len(xs) > 1 and not any(map(math.isnan, xs))   # statistics.stdev raises on nan
+    return statistics.mean(xs) if xs else math.nan, statistics.stdev(xs) if ok else math.nan
 
 
 def read_run(path):
     """{'evals': [(iter, val_loss)], 'tokens_per_s': median, 'params', 'attn_params': n or None} of a run folder."""
-    evals, speeds = [], []
     with open(os.path.join(path, 'log.jsonl')) as f:
-        for r in map(json.loads, f):
-            if 'val_loss' in r:
-                evals.append((r['iter'], r['val_loss']))
-            elif 'tokens_per_s' in r:
-                speeds.append(r['tokens_per_s'])
+        log = [json.loads(line) for line in f]
+    speeds = [r['tokens_per_s'] for r in log if 'tokens_per_s' in r and 'val_loss' not in r] or [math.nan]
     model = GPT.from_checkpoint(path)[0] if os.path.exists(os.path.join(path, 'ckpt.pt')) else None
-    return dict(evals=evals, tokens_per_s=statistics.median(speeds) if speeds else math.nan,
-                params=model and model.num_params(), attn_params=model and model.num_attention_params())
+    return dict(evals=[(r['iter'], r['val_loss']) for r in log if 'val_loss' in r], tokens_per_s=statistics.median(
+        speeds), params=model and model.num_params(), attn_params=model and model.num_attention_params())
 
 
 def figures(rows, last, vs):
-    import matplotlib
-    matplotlib.use('Agg')
+    """{file name: function writing the PNG}: runs.png, and with vs tradeoff.png."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(7, 4.5), layout='constrained')
-    ax = fig.subplots()
-    for r in rows:
+    ax = Figure(figsize=(7, 4.5), layout='constrained').subplots()
+    for r in (r for r in rows if r['done']):
         curves = [dict(run['evals']) for run in r['done']]
-        if not curves:
-            continue
         iters = sorted(set.intersection(*map(set, curves)) - {0})
-        mean, std = zip(*(mean_std([c[i] for c in curves]) for i in iters))
+        mean, std = np.array([mean_std([c[i] for c in curves]) for i in iters]).T   # std nan for one seed: no band
         line, = ax.plot(iters, mean, marker='.', label=f"{r['arm']} (n={len(curves)})")
-        if len(curves) > 1:
-            ax.fill_between(iters, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            alpha=0.2, color=line.get_color())
+        ax.fill_between(iters, mean - std, mean + std, alpha=0.2, color=line.get_color())
     ax.set(xlabel='iteration', ylabel='val loss (nats/token)', title='validation loss, mean ± std over seeds')
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    out = {'runs.png': fig}
+    axes = {'runs.png': ax}
     if vs:
-        fig = Figure(figsize=(7.5, 5.5), layout='constrained')
-        ax = fig.subplots()
-        ax.add_patch(matplotlib.patches.Rectangle((35, 3.9), 18, 4.5, color='gray', alpha=0.3, lw=0,
-                                                  label='paper: cascade allocation, 47-65% fewer for +3.9-8.4%'))
+        ax = axes['tradeoff.png'] = Figure(figsize=(7.5, 5.5), layout='constrained').subplots()
+        ax.fill_between([35, 53], 3.9, 8.4, color='gray', alpha=0.3, lw=0,
+                        label='paper: cascade allocation, 47-65% fewer for +3.9-8.4%')
         ax.axhspan(-1.4, 1.4, color='gray', alpha=0.12, lw=0, label='paper: hybrid within 1.4% of its baseline')
         for c, r in enumerate(r for r in rows if r['arm'] in vs):
             ax.errorbar([r['attn_pct']], [r['dppl']], yerr=[r['dppl_std'] if r['seeds'] > 1 else 0], fmt='o',
                         color=f'C{c}', capsize=3, label=f"{r['arm']} vs {r['vs']} (n={r['seeds']})")
-            ax.add_patch(matplotlib.patches.Rectangle((r['attn_pct'] - 1, -r['base_std']), 2, 2 * r['base_std'],
-                                                      color=f'C{c}', alpha=0.25, lw=0))
+            ax.fill_between([r['attn_pct'] - 1, r['attn_pct'] + 1], -r['base_std'], r['base_std'], color=f'C{c}',
+                            alpha=0.25, lw=0)
         ax.axhline(0, color='k', lw=0.6)
         ax.set(xlabel="attention parameters, % of the baseline's", ylabel='val PPL vs baseline (%)',
-               title=f'Trade-off at iteration {last}: mean ± std over seeds\n(shaded at 0: the baseline\'s '
-                     f'own ± std)')
+               title=f"Trade-off at iteration {last}: mean ± std over seeds\n(shaded at 0: the baseline's own ± std)")
+        ax.figure.legend(loc='outside lower center', ncol=2, fontsize=7)
+    for ax in axes.values():
         ax.grid(alpha=0.3)
-        fig.legend(loc='outside lower center', ncol=2, fontsize=7)
-        out['tradeoff.png'] = fig
-    return out
+    return {name: lambda f, fig=ax.figure: fig.savefig(f, format='png', dpi=130) for name, ax in axes.items()}
 
 
 def main(argv=None):
@@ -109,21 +92,18 @@ def main(argv=None):
     if not set(vs) | set(vs.values()) <= set(arms):
         p.error(f"--vs names arms that are not among the runs ({', '.join(sorted(arms))})")
     last = max(it for runs in arms.values() for r in runs.values() for it, _ in r['evals'][-1:])
-    rows = []
+    rows = {}
     for arm, runs in arms.items():
         done = [r for r in runs.values() if r['evals'] and r['evals'][-1][0] == last]
-        m, s = mean_std([r['evals'][-1][1] for r in done]) if done else (math.nan, math.nan)
-        rows.append(dict(arm=arm, seeds=len(done), val_loss=m, std=s, done=done, **{
-            k: done[0][k] if done else None for k in ('params', 'attn_params')},
-            tokens_per_s=statistics.median(r['tokens_per_s'] for r in done) if done else math.nan))
-    rows.sort(key=lambda r: (math.isnan(r['val_loss']), r['val_loss']))
-    by_arm = {r['arm']: r for r in rows}
+        rows[arm] = dict(zip(('val_loss', 'std'), mean_std([r['evals'][-1][1] for r in done])), arm=arm, done=done,
+                         seeds=len(done), **{k: done[0][k] if done else None for k in ('params', 'attn_params')},
+                         tokens_per_s=statistics.median([r['tokens_per_s'] for r in done] or [math.nan]))
     for arm, base in vs.items():   # ΔPPL of each seed against the baseline's mean; the baseline's own spread
-        a, b = by_arm[arm], by_arm[base]
-        deltas = [100 * (math.exp(r['evals'][-1][1] - b['val_loss']) - 1) for r in a['done']]
-        a['dppl'], a['dppl_std'] = mean_std(deltas)
-        a['vs'], a['attn_pct'] = base, 100 * a['attn_params'] / b['attn_params']
-        a['base_std'] = 100 * (math.exp(b['std']) - 1) if b['seeds'] > 1 else 0.0
+        a, b = rows[arm], rows[base]
+        a['dppl'], a['dppl_std'] = mean_std([100 * math.expm1(r['evals'][-1][1] - b['val_loss']) for r in a['done']])
+        a.update(vs=base, attn_pct=100 * a['attn_params'] / b['attn_params'],
+                 base_std=100 * math.expm1(b['std']) if b['seeds'] > 1 else 0.0)
+    rows = sorted(rows.values(), key=lambda r: (math.isnan(r['val_loss']), r['val_loss']))
     print(f"{'arm':<28} {'seeds':>5} {f'val loss @ {last}':>18} {'params':>8} {'attn':>8} {'tokens/s':>9}")
     for r in rows:
         loss = f"{r['val_loss']:.4f} ± {r['std']:.4f}" if r['seeds'] > 1 else f"{r['val_loss']:.4f}"
@@ -133,14 +113,11 @@ def main(argv=None):
                  f"(baseline's spread ± {r['base_std']:.1f}%)" if 'vs' in r else ''))
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
-        cols = ('arm', 'seeds', 'val_loss', 'std', 'params', 'attn_params', 'tokens_per_s', 'vs', 'attn_pct', 'dppl',
-                'dppl_std', 'base_std')
-        csv = ','.join(cols) + '\n' + ''.join(','.join(f"{r[c]:.6g}" if isinstance(r.get(c), float) else
-                                                       str(r.get(c, '')) for c in cols) + '\n' for r in rows)
-        figs = figures(rows, last, vs)
-        data.write_files({os.path.join(args.out_dir, 'runs.csv'): csv} | {
-            os.path.join(args.out_dir, name): (lambda f, fig=fig: fig.savefig(f, format='png', dpi=130))
-            for name, fig in figs.items()})
+        cols = 'arm seeds val_loss std params attn_params tokens_per_s vs attn_pct dppl dppl_std base_std'.split()
+        csv = ''.join(','.join(f"{r[c]:.6g}" if isinstance(r.get(c), float) else str(r.get(c, '')) for c in cols)
+                      + '\n' for r in [dict(zip(cols, cols))] + rows)   # the header, then a line per arm
+        data.write_files({os.path.join(args.out_dir, name): out
+                          for name, out in ({'runs.csv': csv} | figures(rows, last, vs)).items()})
     return rows
 
 

@@ -1,10 +1,6 @@
-"""
-Sample from a trained checkpoint (its vocabulary, characters or GPT-2 BPE, travels in it) or a pretrained GPT-2:
-    python sample.py --out_dir=out/quick_sd --start="ROMEO:" --num_samples=3
-    python sample.py --init_from=gpt2 --start="FILE:prompt.txt"
-"""
+"""Sample from a trained checkpoint (its vocabulary travels in it) or a pretrained GPT-2, e.g. python sample.py
+--out_dir=out/quick_sd --start="ROMEO:" --num_samples=3  |  --init_from=gpt2 --start="FILE:prompt.txt"."""
 import os
-import sys
 
 import torch
 
@@ -21,15 +17,11 @@ temperature = 0.8
 top_k = 200
 seed = 1337
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
-config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, str))}
-configure(config)
-globals().update(config)
+globals().update(configure({k: v for k, v in globals().items() if k[0] != '_' and isinstance(v, (int, float, str))}))
 
 torch.manual_seed(seed)
-if init_from == 'resume':
-    model, ckpt = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
-else:
-    model, ckpt = GPT.from_pretrained(init_from).to(device), {}
+model, ckpt = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device) if init_from == 'resume' else \
+    (GPT.from_pretrained(init_from).to(device), {})
 model.eval()
 encode, decode = codec(ckpt.get('chars'))
 if start.startswith('FILE:'):
@@ -37,7 +29,7 @@ if start.startswith('FILE:'):
         start = f.read()
 ids = encode(start) or encode('\n' if ckpt.get('chars') else '<|endoftext|>')
 if max(ids) >= model.config.vocab_size:
-    sys.exit(f"error: the prompt has token ids beyond this model's vocabulary ({model.config.vocab_size})")
+    raise SystemExit(f"error: the prompt has token ids beyond this model's vocabulary ({model.config.vocab_size})")
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, -model.config.block_size:]
 for _ in range(num_samples):
     print(decode(model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)[0].tolist()))
