@@ -9,8 +9,6 @@ Writes OUT_DIR/heads.csv (a row per model, level, layer, head), summary.json (pe
 and over the seeds of each arm NAME_s<seed>), cascade.png, rho.png, heatmap_<model>.png: all or nothing.
 """
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -382,11 +380,7 @@ def main(argv=None):
                 st[k] = dict(mean=finite([a for a, _ in v]), std=finite([s for _, s in v]))
     summary = dict(total_heads=sum(m['heads'] for m in models.values()), metrics=METRICS, rel_tol=REL_TOL,
                    models=models, arms=arms)
-    buf = io.StringIO()
-    fmt = lambda v: f'{v:.8g}' if isinstance(v, float) else ' '.join(f'{x:.6g}' for x in v) if isinstance(v, list) \
-        else v   # rotation_freqs: space-separated
-    csv.writer(buf, lineterminator='\n').writerows([COLUMNS] + [[fmt(r.get(k)) for k in COLUMNS] for r in rows])
-    outputs = {'heads.csv': buf.getvalue(), 'summary.json': json.dumps(summary, indent=1)}
+    outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
     outputs |= {f: lambda file, fig=fig: fig.savefig(file, format='png', dpi=130)
                 for f, fig in make_figures(rows, summary).items()}
     data.write_files({os.path.join(args.out_dir, f): out for f, out in outputs.items()}

@@ -1,5 +1,7 @@
 """Files on disk: the token files prepare.py writes (data/<dataset>/{train,val}.bin, uint16, and meta.json),
-and the one way every script writes its outputs (write_files: all or nothing)."""
+and the one way every script writes its outputs (csv_text, write_files: all or nothing)."""
+import csv
+import io
 import json
 import os
 
@@ -38,6 +40,15 @@ def get_batch(data, batch_size, block_size, seed):
     ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window
     w = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def csv_text(rows, columns):
+    """The rows (dicts) as CSV text: these columns, floats to 8 significant digits, lists space-separated."""
+    def cell(v):
+        return f'{v:.8g}' if isinstance(v, float) else ' '.join(map(cell, v)) if isinstance(v, list) else v
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator='\n').writerows([columns] + [[cell(r.get(c)) for c in columns] for r in rows])
+    return buf.getvalue()
 
 
 def write_files(outputs):

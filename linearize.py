@@ -8,8 +8,6 @@ over the seeds of each arm: checkpoint folders NAME_s<seed>) and linearize.png.
     python linearize.py --ckpt out/quick_sd out/quick_sd_std --order first last cascade [--finetune_iters 100]
 """
 import argparse
-import csv
-import io
 import math
 import os
 import sys
@@ -127,14 +125,6 @@ def plot(arms, args, block_size):
     return fig
 
 
-def csv_text(rows, columns):
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction='ignore', lineterminator='\n')
-    writer.writeheader()
-    writer.writerows({c: f"{v:.6f}" if isinstance(v, float) else v for c, v in r.items()} for r in rows)
-    return buf.getvalue()
-
-
 def main(argv=None):
     args = parse_args(argv)
     erank_of = None
@@ -208,8 +198,8 @@ def main(argv=None):
     arms = by_arm(rows)
     os.makedirs(args.out_dir, exist_ok=True)
     out = {os.path.join(args.out_dir, f): v for f, v in (
-        ('linearize.csv', csv_text(rows, ['ckpt', 'order', 'k', 'layers', 'val_loss', 'ppl', 'delta_pct', *ft])),
-        ('linearize_arms.csv', csv_text(arms, list(arms[0]))),
+        ('linearize.csv', data.csv_text(rows, ['ckpt', 'order', 'k', 'layers', 'val_loss', 'ppl', 'delta_pct', *ft])),
+        ('linearize_arms.csv', data.csv_text(arms, list(arms[0]))),
         ('linearize.png', lambda f: plot(arms, args, block_size).savefig(f, format='png', dpi=120)))}
     data.write_files(out)
 

@@ -1,12 +1,9 @@
 """
-Prepare a text corpus as token files for train.py: characters, or GPT-2 BPE.
-
-    python prepare.py shakespeare_char           # tiny shakespeare, one token per character (the quickstart)
-    python prepare.py shakespeare                # or wikitext2 | wikitext103 | openwebtext: GPT-2 BPE (network)
+Token files for train.py, all or nothing: DATA_ROOT/NAME/{train,val}.bin (uint16; val: the last val_fraction) and
+meta.json. Characters (--char, shakespeare_char) or GPT-2 BPE; several --input files are joined by <|endoftext|>
+(by a newline with --char).
+    python prepare.py shakespeare_char     # or shakespeare | wikitext2 | wikitext103 | openwebtext (downloads)
     python prepare.py --input a.txt b.txt --name mydata [--char] [--val_fraction 0.1] [--data_root data]
-
-Writes DATA_ROOT/NAME/{train,val}.bin (uint16 token ids; val: the last val_fraction) and meta.json, all or nothing.
-Several --input files are joined by <|endoftext|> (by a newline with --char).
 """
 import argparse
 import codecs
@@ -180,10 +177,8 @@ def main(argv=None):
     if not 0 < args.val_fraction < 1:
         parser.error("--val_fraction must be between 0 and 1")
     for path in args.input or []:
-        if not os.path.isfile(path):
-            parser.error(f"input file {path} not found; check the path")
-        if os.path.getsize(path) == 0:
-            parser.error(f"input file {path} is empty; give a file with text")
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            parser.error(f"input file {path} not found or empty; give a file with text")
     char = args.char or args.dataset == "shakespeare_char"
     enc, source = (None, None) if char else load_encoding()
     meta = {} if char else {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "tokenizer_source": source}

@@ -113,9 +113,8 @@ def main(argv=None):
                  f"(baseline's spread ± {r['base_std']:.1f}%)" if 'vs' in r else ''))
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
-        cols = 'arm seeds val_loss std params attn_params tokens_per_s vs attn_pct dppl dppl_std base_std'.split()
-        csv = ''.join(','.join(f"{r[c]:.6g}" if isinstance(r.get(c), float) else str(r.get(c, '')) for c in cols)
-                      + '\n' for r in [dict(zip(cols, cols))] + rows)   # the header, then a line per arm
+        csv = data.csv_text(rows, 'arm seeds val_loss std params attn_params tokens_per_s vs attn_pct dppl dppl_std '
+                                  'base_std'.split())
         data.write_files({os.path.join(args.out_dir, name): out
                           for name, out in ({'runs.csv': csv} | figures(rows, last, vs)).items()})
     return rows

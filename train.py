@@ -55,7 +55,6 @@ weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
-decay_lr = True
 warmup_iters = 2000
 lr_decay_iters = 0                  # 0: max_iters
 min_lr = 6e-5
@@ -72,14 +71,12 @@ configure(config)
 globals().update(config)
 
 
-def say(msg):
-    """A line on stdout that does not break the progress bar and is flushed (stdout may be a log file)."""
+def say(msg):   # a flushed line (stdout may be a log file) that does not break the progress bar
     tqdm.write(msg)
     sys.stdout.flush()
 
 
 def fail(msg):
-    """One-line error, non-zero exit."""
     tqdm.write(f"error: {msg}", file=sys.stderr)
     sys.exit(1)
 
@@ -126,9 +123,8 @@ if min(len(d) for d in splits.values()) <= block_size:
 
 
 def get_batch(split, it, micro):
-    """Batch `micro` of iteration `it` (-1: evaluation), seeded by (seed, split, it, micro) alone: exact
-    resume, and the same global batch for any number of DDP processes. Evaluation batches do not depend
-    on the seed: every run on a dataset is evaluated on the same batches."""
+    """Batch `micro` of iteration `it`, seeded by (seed, split, it, micro) alone: exact resume, the same global batch
+    for any number of DDP processes. Evaluation (it = -1) does not depend on the seed: the same for every run."""
     rng_seed = [seed if it >= 0 else 0, split == 'val', it + 1, micro]
     x, y = data.get_batch(splits[split], batch_size, block_size, rng_seed)
     if device_type == 'cuda':
@@ -137,8 +133,7 @@ def get_batch(split, it, micro):
 
 
 # model --------------------------------------------------------------------------
-model_keys = ['n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'norm', 'attn', 'head_dim',
-              'sd_rank', 'sd_filter', 'linear_chunk', 'emb_scale']
+model_keys = [k for k in GPTConfig.__dataclass_fields__ if k != 'vocab_size']
 vocab, chars = meta.get('vocab_size', 50257), meta.get('chars')   # chars: a character-level dataset's vocabulary
 model_args = {k: config[k] for k in model_keys} | {'vocab_size': vocab if chars else 64 * math.ceil(vocab / 64)}
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
@@ -151,8 +146,6 @@ try:   # every init_from: a bad attention name or per-layer list is a one-line e
 except ValueError as e:
     fail(f"{e} (check the config)")
 if init_from == 'resume':
-    if not os.path.exists(ckpt_path):
-        fail(f"no checkpoint at {ckpt_path} to resume from: train with --init_from=scratch first")
     model, checkpoint = GPT.from_checkpoint(ckpt_path, device)
     if not {'optimizer', 'iter_num', 'best_val_loss'} <= set(checkpoint):
         fail(f"{ckpt_path} has no optimizer state (not written by train.py): train with --init_from=scratch")
@@ -197,9 +190,7 @@ if ddp:
 
 
 def get_lr(it):
-    """Linear warmup, then cosine decay to min_lr at lr_decay_iters."""
-    if not decay_lr:
-        return learning_rate
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters (min_lr = learning_rate: constant)."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     ratio = min(1, (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters))
