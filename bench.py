@@ -108,8 +108,8 @@ for _ in range(s['repeats']):   # interleaved: load drift hits every variant ali
     for r in runs.values():
         dt, r['loss'] = timed(r['step'], s['steps'])
         r['times'].append(dt)
-by = {(a, comp): dict(attn=a, compiled=comp, tokens_per_s=B * T / dt, ms_per_step=1e3 * dt,
-                      mfu=r['model'].estimate_mfu(B * T, dt, peak), first_step_s=r['first_s'], loss=r['loss'].item(),
+by = {(a, comp): dict(attn=a, compiled=comp, tokens_per_s=B * T / dt, ms_per_step=1e3 * dt, first_step_s=r['first_s'],
+                      mfu=r['model'].flops_per_token(T) * B * T / dt / peak, loss=r['loss'].item(),
                       params=r['model'].num_params())
       for (a, comp), r in runs.items() for dt in [statistics.median(r['times'])]}
 tok = {k: r['tokens_per_s'] for k, r in by.items()}

@@ -316,10 +316,6 @@ class GPT(nn.Module):
         sd_params = sum(p.numel() for n, p in self.named_parameters() if '.sd_' in n)
         return 6 * (self.num_params() - sd_params) + sum(a.flops_per_token(T) for a in self.attention_layers())
 
-    def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
-        """Model FLOPs utilization: achieved FLOP/s over `peak_flops` (e.g. the device's bf16 peak)."""
-        return self.flops_per_token(self.config.block_size) * tokens_per_iter / dt / peak_flops
-
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Sample max_new_tokens after idx (B, T) with a k/v cache (softmax) or recurrent state (ELU+1) per layer.
         Past block_size the window slides, which for learned absolute positions means re-encoding it."""

@@ -277,7 +277,7 @@ while True:
         dt = time.time() - t0
         if master:
             tokens_per_s = iters_since * tokens_per_iter / dt
-            mfu = raw_model.estimate_mfu(iters_since * tokens_per_iter, dt, peak_flops)
+            mfu = raw_model.flops_per_token(block_size) * tokens_per_s / peak_flops   # model FLOPs utilization
             log({'iter': iter_num - 1, 'loss': lossf, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
                  'elapsed': time.time() - t_start})
             bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
