@@ -1,11 +1,8 @@
-"""Measures and prints (no pass/fail); variants run interleaved in one process, every number a median of repeats.
-  training  tokens/s per attention type (standard, S−D, ELU+1), eager vs torch.compile, same weights and batch:
-            compiled/eager, each type vs standard, MFU (vs the matmul peak measured here), compile s, final losses
-  decode    ms/token vs context through GPT.generate: softmax (k/v cache) vs ELU+1 (recurrent state)
-  analysis  analyze.py's weight-kernel metrics of the paper's 1,776 heads (GPT-2/BERT shapes, random weights) vs the
-            naive float64 n x n kernel on a few heads (extrapolated): s, speedup, max |fast - naive| / max(|naive|, 1)
-Times: process CPU time on one thread (~7 min in all), or on a GPU synchronize + perf_counter (bf16, a 124M model).
-A training step is train.py's: forward + loss, backward, clip_grad_norm_(1.0), AdamW. The analysis: CPU, one thread.
+"""Measures and prints (no pass/fail); variants run interleaved in one process, every number a median of repeats:
+training tokens/s per attention type, eager vs torch.compile (compiled/eager, vs standard, MFU against the matmul peak
+measured here, compile s, losses); decode ms/token vs context, softmax k/v cache vs ELU+1 state; analyze.py's metrics
+of the 1,776 heads of GPT-2/BERT shapes (random weights) vs the naive float64 kernel on a few heads, extrapolated.
+CPU: process CPU time, one thread (~7 min); GPU: synchronize + perf_counter, bf16, a 124M model.
     python bench.py [--quick] [--device cuda] [--json out.json]   # --quick: seconds, tiny shapes, compile 'eager'
 """
 import argparse

@@ -35,8 +35,7 @@ def read_meta(data_root, dataset):
 
 
 def get_batch(data, batch_size, block_size, seed):
-    """batch_size random windows (x, y = x shifted by one) drawn by an RNG seeded with `seed` (an int or
-    a list of ints): the same seed gives the same batch, whatever happened before."""
+    """batch_size random windows x and y = x shifted by one, drawn by an RNG seeded with `seed` (ints) alone."""
     ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window
     w = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()

@@ -39,10 +39,8 @@ def parse_args(argv):
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args(argv)
     args.order = list(dict.fromkeys(args.order or ['first']))
-    if args.num_batches < 1 or args.batch_size < 1:
-        p.error('--num_batches and --batch_size must be at least 1')
-    if args.finetune_iters < 0 or args.finetune_lr <= 0:
-        p.error('--finetune_iters must be >= 0 and --finetune_lr > 0')
+    if min(args.num_batches, args.batch_size) < 1 or args.finetune_iters < 0 or args.finetune_lr <= 0:
+        p.error('--num_batches and --batch_size must be at least 1, --finetune_iters >= 0, --finetune_lr > 0')
     if len(set(map(os.path.abspath, args.ckpt))) != len(args.ckpt):
         p.error('a checkpoint is given twice in --ckpt; give each once')
     return args
@@ -59,8 +57,7 @@ def pick_layers(model, order, k, erank=None):
 
 
 @torch.no_grad()
-def evaluate(model, batches):
-    """Mean val loss over the batches (all the same size)."""
+def evaluate(model, batches):   # mean val loss over batches of one size
     model.eval()
     return sum(model(x, y)[1].item() for x, y in batches) / len(batches)
 
@@ -157,8 +154,6 @@ def main(argv=None):
                  f"its training data (--dataset)")
     batches = [(x.to(args.device), y.to(args.device)) for x, y in batches]
     names = dict(zip(args.ckpt, map(run_name, args.ckpt)))
-    if len(set(names.values())) < len(names):   # two runs of one name: the paths tell them apart
-        names = {p: p for p in args.ckpt}
 
     rows = []
     bar = tqdm(total=0, desc='linearize', dynamic_ncols=True)
