@@ -222,7 +222,7 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoint(smoke, tiny_data, tmp_path
     # resume a good checkpoint with a huge learning rate; the first check of the losses is just before
     # the final save (no log line or evaluation before it)
     r = train(tiny_data, out, *EXACT, '--init_from=resume', f'--max_iters={4 * N}', '--log_interval=100',
-              '--eval_interval=100', '--decay_lr=False', '--learning_rate=1e6', ok=False)
+              '--eval_interval=100', '--warmup_iters=0', '--learning_rate=1e6', '--min_lr=1e6', ok=False)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: the loss became NaN or inf at iteration '), r.stderr
