@@ -179,8 +179,7 @@ def layer_metrics(w):
     return m | sd_metrics(w['S'], w['D']) if 'S' in w else m
 
 
-def weight_rows(name, w, layer, m=None):
-    """heads.csv rows of the weight level of one layer, from its layer_metrics m (computed if not given)."""
+def weight_rows(name, w, layer, m=None):   # heads.csv rows of one layer's weight level (m: its layer_metrics)
     m = layer_metrics(w) if m is None else m
     H, d, n = w['W_q'].shape
     return [dict(model=name, level='weight', layer=layer, head=h, kind=w['kind'], head_dim=d, n=n,
@@ -209,9 +208,9 @@ def load_model(source, hf, device):
         c = model.config
         return model.eval(), dict(norm=c.norm, max_len=c.block_size, vocab=c.vocab_size,
                                   tok=('codec', ckpt.get('chars')))
+    os.environ.setdefault('HF_HUB_VERBOSITY', 'error')   # no retry chatter offline
     import transformers
     transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     try:
         module = transformers.AutoModel.from_pretrained(source).to(device).eval()   # GPT2Model, BertModel, ...
     except Exception as e:

@@ -1,9 +1,8 @@
 """
-Config overrides for train.py and sample.py, nanoGPT style but checked:
+Config files and --key=value overrides for train.py and sample.py, checked (unknown keys, wrong types: one line):
     python train.py config/quick_sd.py config/deep.py config/hybrid_third.py --seed=2 --attn="['linear','sd','sd']"
-A config file is Python that assigns some of the script's globals and sees the values set before it, so files
-compose. `--key=value` is parsed with ast.literal_eval (a bare word stays a string). Unknown keys and wrong types
-are one-line errors.
+A config file is Python that assigns globals and sees the values set before it (files compose); a value is parsed
+with ast.literal_eval (a bare word stays a string).
 """
 import ast
 import sys

@@ -300,8 +300,13 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name, dropout=0.0):
         """'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' (or a local directory) via transformers."""
+        os.environ.setdefault('HF_HUB_VERBOSITY', 'error')   # no retry chatter offline
         from transformers import GPT2LMHeadModel
-        return cls.from_hf(GPT2LMHeadModel.from_pretrained(name), dropout)
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name)
+        except Exception as e:
+            raise SystemExit(f"error: no GPT-2 {name!r} ({type(e).__name__}): go online or give its folder") from None
+        return cls.from_hf(hf, dropout)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices (and the S−D generators), not on biases, norms, the filter."""

@@ -45,7 +45,6 @@ def read_run(path):
 
 
 def figures(rows, last, vs):
-    """{file name: function writing the PNG}: runs.png, and with vs tradeoff.png."""
     from matplotlib.figure import Figure
     ax = Figure(figsize=(7, 4.5), layout='constrained').subplots()
     for r in (r for r in rows if r['done']):

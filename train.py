@@ -83,10 +83,9 @@ def fail(msg):
 
 if dtype not in ('float32', 'bfloat16'):
     fail(f"dtype={dtype!r}: use 'float32' or 'bfloat16' (float16 would need a gradient scaler)")
-for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval',
-          'n_layer', 'n_head', 'n_embd'):
-    if config[k] < 1:
-        fail(f"{k}={config[k]} must be at least 1")
+if bad := [k for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
+                       'log_interval', 'n_layer', 'n_head', 'n_embd') if config[k] < 1]:
+    fail(f"{bad[0]}={config[bad[0]]} must be at least 1")
 
 # distributed setup ----------------------------------------------------------
 ddp = int(os.environ.get('RANK', -1)) != -1
