@@ -45,10 +45,12 @@ d6_std_nonorm config/quick_sd.py config/std.py config/deep.py config/nonorm.py
 d6_sd_ln config/quick_sd.py config/deep.py config/layernorm.py
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
 d6_hybrid_std config/quick_sd.py config/std.py config/deep.py config/hybrid_third.py
+d6_sd_scalar config/quick_sd.py config/deep.py --sd_filter=scalar
 ARMS
-# a fourth seed of the S−D hybrid: seed 2 once diverged (NaN at iteration 1,111; it finished on a rerun)
+# a fourth seed where seed 2 diverged: the S−D hybrid (NaN at 1,111; it finished on a rerun), scalar D (NaN at 1,051)
 SEEDS=4 train <<'ARMS'
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
+d6_sd_scalar config/quick_sd.py config/deep.py --sd_filter=scalar
 ARMS
 # cascade-allocated width and routing rank, written from the first seed of the S−D model whose routing shows the
 # cascade (GPT-2 init), trained from scratch like it
@@ -60,9 +62,9 @@ train <<'ARMS'
 d6_cascade_width config/quick_sd.py config/cascade_width_char.py config/gpt2_init.py
 d6_cascade_rank config/quick_sd.py config/cascade_rank_char.py config/gpt2_init.py
 ARMS
-python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_cascade_width d6_cascade_rank) out/exp/d6_hybrid_sd_s4 \
-  --out_dir out/results/d6 --vs d6_hybrid_sd=d6_sd d6_hybrid_std=d6_std d6_cascade_width=d6_sd_emb1 \
-  d6_cascade_rank=d6_sd_emb1
+python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_sd_scalar d6_cascade_width d6_cascade_rank) \
+  out/exp/d6_hybrid_sd_s4 out/exp/d6_sd_scalar_s4 --out_dir out/results/d6 --vs d6_hybrid_sd=d6_sd d6_hybrid_std=d6_std d6_sd_scalar=d6_sd \
+  d6_cascade_width=d6_sd_emb1 d6_cascade_rank=d6_sd_emb1
 cp out/results/d6/runs.png docs/d6_curves.png
 cp out/results/d6/tradeoff.png docs/tradeoff.png
 python analyze.py --ckpt $(arms $LN4) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
