@@ -2,7 +2,7 @@
 # Every number and figure of the README's Results, on character-level tiny shakespeare, on a CPU:
 #   bash experiments.sh [path/to/tinyshakespeare.txt]     (no argument: prepare.py downloads it)
 # Trains each run that has not finished yet (two at a time, one thread each; a run is 4-7 minutes on one core;
-# about 2.5 hours in all with the analysis, on the busy 2-core machine this was written on),
+# about 2¾ hours in all: 250 min of runs two at a time, then 25-40 min of analysis, on a busy 2-core machine),
 # then writes the tables to out/results/ and the figures to docs/. Runs are out/exp/ARM_s<seed>.
 set -euo pipefail
 cd "$(dirname "$0")"
