@@ -16,7 +16,8 @@ train() {   # lines "ARM CONFIG... [--key=value...]" -> every seed of every arm,
   while read -r arm args; do
     for s in $SEEDS; do echo "${arm}_s$s $args --seed=$s"; done
   done | xargs -P 2 -L 1 bash -c 'd=out/exp/$0
-    grep -qs "\"iter\": 2000, \"train_loss\"" $d/log.jsonl && exit 0   # finished already
+    grep -qs "\"iter\": 2000, \"train_loss\"" $d/log.jsonl && exit 0   # finished already,
+    grep -qs "NaN or inf" $d/stdout.txt && exit 0                        # or stopped by a NaN (not rerun)
     mkdir -p $d && OMP_NUM_THREADS=1 python train.py "$@" --out_dir=$d > $d/stdout.txt 2>&1
     echo "$0: $(tail -1 $d/stdout.txt)"'
 }
@@ -47,7 +48,7 @@ d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
 d6_hybrid_std config/quick_sd.py config/std.py config/deep.py config/hybrid_third.py
 d6_sd_scalar config/quick_sd.py config/deep.py --sd_filter=scalar
 ARMS
-# a fourth seed where seed 2 diverged: the S−D hybrid (NaN at 1,111; it finished on a rerun), scalar D (NaN at 1,051)
+# a fourth seed where seed 2 diverged: the S−D hybrid (NaN at 1,111 once, finished when rerun), scalar D (NaN at 1,051)
 SEEDS=4 train <<'ARMS'
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
 d6_sd_scalar config/quick_sd.py config/deep.py --sd_filter=scalar

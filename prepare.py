@@ -9,7 +9,6 @@ import argparse
 import functools
 import importlib.metadata
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -112,8 +111,8 @@ def prepare_text(paths, tmp, val_fraction, enc):
 
 def prepare_hf(name, tmp, enc):
     """Download a Hugging Face dataset; tokenize its train and validation splits into tmp/ (NPROC processes)."""
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no retry chatter offline
     from datasets import load_dataset
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no multi-line retry chatter offline
     dataset_id = "Skylion007/openwebtext" if name == "openwebtext" else "Salesforce/wikitext"
     try:
         ds = load_dataset(dataset_id, WIKITEXT.get(name), num_proc=NPROC if name == "openwebtext" else None)

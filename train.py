@@ -180,7 +180,7 @@ if master:
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-raw_model = model
+raw_model, flops_per_token = model, model.flops_per_token(block_size)   # for MFU
 if compile:
     model = torch.compile(model)
 if ddp:
@@ -276,7 +276,7 @@ while True:
         dt = time.time() - t0
         if master:
             tokens_per_s = iters_since * tokens_per_iter / dt
-            mfu = raw_model.flops_per_token(block_size) * tokens_per_s / peak_flops   # model FLOPs utilization
+            mfu = flops_per_token * tokens_per_s / peak_flops   # model FLOPs utilization
             log({'iter': iter_num - 1, 'loss': lossf, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
                  'elapsed': time.time() - t_start})
             bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")

@@ -226,6 +226,13 @@ def test_from_hf_gpt2_gives_the_same_logits():
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_from_pretrained_that_cannot_load_is_one_line(tmp_path):
+    pytest.importorskip('transformers')
+    with pytest.raises(SystemExit) as e:   # an empty folder: no config.json, and no network asked
+        GPT.from_pretrained(str(tmp_path))
+    assert str(e.value.code).startswith("error: no GPT-2 ") and '\n' not in str(e.value.code)
+
+
 def test_parameter_counts():
     n, h, d, V, T, L = 32, 2, 16, 96, 64, 3
     mlp, ln = 8 * n * n + 5 * n, 2 * n
