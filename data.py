@@ -34,6 +34,12 @@ def read_meta(data_root, dataset):
         raise SystemExit(f"error: cannot read {path} ({e}): run prepare.py again")
 
 
+def tokenizer_of(d):
+    """The tokenizer recorded in a meta.json or checkpoint dict: ('char', characters), ('bpe', our BPE as JSON)
+    or ('gpt2', None)."""
+    return ('char', d['chars']) if d.get('chars') else ('bpe', d['bpe']) if d.get('bpe') else ('gpt2', None)
+
+
 def get_batch(data, batch_size, block_size, seed):
     """batch_size random windows x and y = x shifted by one, drawn by an RNG seeded with `seed` (ints) alone."""
     ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window

@@ -1,9 +1,10 @@
 """
 Token files for train.py, all or nothing: DATA_ROOT/NAME/{train,val}.bin (uint16; val: the last val_fraction) and
-meta.json. Characters (--char, shakespeare_char) or GPT-2 BPE; several --input files are joined by <|endoftext|>
-(by a newline with --char).
+meta.json. Characters (--char, shakespeare_char), a byte-level BPE of N tokens trained on the train split only
+(--bpe N; stored in meta.json and every checkpoint) or GPT-2 BPE; several --input files are joined by
+<|endoftext|> (by a newline with --char and --bpe).
     python prepare.py shakespeare_char     # or shakespeare | wikitext2 | wikitext103 | openwebtext (downloads)
-    python prepare.py --input a.txt b.txt --name mydata [--char] [--val_fraction 0.1] [--data_root data]
+    python prepare.py --input a.txt b.txt --name mydata [--char | --bpe 2048] [--val_fraction 0.1] [--data_root data]
 """
 import argparse
 import functools
@@ -50,13 +51,21 @@ def load_encoding():  # (gpt2 Encoding, its source): tiktoken's own download or 
 get_encoding = lambda: load_encoding()[0]
 
 
-def codec(chars=None):
-    """(encode, decode) between text and token ids: characters when `chars` (a dataset's or checkpoint's
-    vocabulary string) is given, else GPT-2 BPE. A character outside the vocabulary is a one-line error."""
-    if not chars:
+def codec(tok=("gpt2", None)):
+    """(encode, decode) between text and token ids in the tokenizer `tok` of a dataset or checkpoint
+    (data.tokenizer_of): characters, our byte-level BPE, or GPT-2 BPE. A character outside the vocabulary of a
+    character-level model is a one-line error."""
+    kind, spec = tok
+    if kind == "bpe":
+        from tokenizers import Tokenizer
+        bpe = Tokenizer.from_str(spec)
+        n = bpe.get_vocab_size()
+        return lambda text: bpe.encode(text).ids, lambda ids: bpe.decode([i for i in ids if i < n])
+    if kind == "gpt2":
         enc = get_encoding()
         return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}),
                 lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))   # a padded vocab's unused ids
+    chars = spec
     stoi = {c: i for i, c in enumerate(chars)}
 
     def encode(text):
@@ -88,9 +97,43 @@ def write_tokens(path, arrays):
     return n, max_id
 
 
-def prepare_text(paths, tmp, val_fraction, enc):
-    """Tokenize local UTF-8 files into tmp/{train,val}.bin; enc=None: one token per character, ids in sorted order."""
+def train_bpe(text, vocab_size):
+    """A byte-level BPE of vocab_size tokens (GPT-2's pre-tokenizer, no special tokens, so that any UTF-8 text
+    round-trips) trained on text by the `tokenizers` library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    lines = text.splitlines(keepends=True)   # pieces of 1,000 lines, counted in parallel
+    bpe.train_from_iterator(("".join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)), trainer)
+    if bpe.get_vocab_size() < vocab_size:
+        raise SystemExit(f"error: the train split supports only {bpe.get_vocab_size():,} BPE tokens, fewer than "
+                         f"--bpe {vocab_size:,}: give more text or a smaller --bpe")
+    return bpe
+
+
+def prepare_bpe(texts, tmp, val_fraction, vocab_size):
+    """Our BPE: the text's last val_fraction (from a line start) is val; the tokenizer is trained on the rest."""
+    text = "\n".join(texts)
+    cut = text.find("\n", int(len(text) * (1 - val_fraction))) + 1 or len(text)
+    bpe = train_bpe(text[:cut], vocab_size)
+    split = [np.array(bpe.encode(t).ids, np.uint16) for t in (text[:cut], text[cut:])]
+    if min(map(len, split)) < 1:
+        raise SystemExit(f"error: the input yields {len(split[0])} train and {len(split[1])} val tokens; give more "
+                         f"text or another --val_fraction")
+    for name, ids in zip(("train", "val"), split):
+        write_tokens(os.path.join(tmp, f"{name}.bin"), [ids])
+    return {"vocab_size": bpe.get_vocab_size(), "tokenizer": "bpe", "bpe": bpe.to_str(), "train_tokens": len(split[0]),
+            "val_tokens": len(split[1]), "max_token_id": int(max(a.max() for a in split))}
+
+
+def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
+    """Tokenize local UTF-8 files into tmp/{train,val}.bin; enc=None: one token per character, ids in sorted order,
+    or with bpe (a vocabulary size), our BPE."""
     train, meta, texts = os.path.join(tmp, "train.bin"), {}, [read_text(p) for p in paths]
+    if bpe:
+        return prepare_bpe(texts, tmp, val_fraction, bpe)
     if enc is None:
         codepoints, ids = np.unique(np.frombuffer("\n".join(texts).encode("utf-32-le"), np.uint32), return_inverse=True)
         if len(codepoints) > 65536:
@@ -138,6 +181,7 @@ def main(argv=None):
     parser.add_argument("--input", nargs="+", metavar="FILE", help="local UTF-8 text files instead of a download")
     parser.add_argument("--name", help="output folder name (required with --input; default: the dataset name)")
     parser.add_argument("--char", action="store_true", help="one token per character (with --input)")
+    parser.add_argument("--bpe", type=int, metavar="N", help="train a byte-level BPE of N tokens on the train split")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="val share of --input or shakespeare tokens")
     parser.add_argument("--data_root", default="data", help="where NAME/ is written (default: data)")
     parser.error = lambda msg: sys.exit(f"error: {msg} (see python prepare.py --help)")
@@ -149,14 +193,20 @@ def main(argv=None):
         parser.error("--name NAME is required with --input and must be a plain folder name")
     if args.char and args.dataset:
         parser.error("--char goes with --input; the character-level tiny shakespeare is `shakespeare_char`")
+    if args.bpe is not None and not (args.input or args.dataset == "shakespeare"):
+        parser.error("--bpe N goes with --input FILE ... or the dataset shakespeare")
+    if args.bpe is not None and not 257 <= args.bpe <= 65536:
+        parser.error(f"--bpe {args.bpe}: a byte-level BPE needs 257 to 65,536 tokens (256 bytes, uint16 files)")
+    if args.char and args.bpe:
+        parser.error("give --char or --bpe N, not both")
     if not 0 < args.val_fraction < 1:
         parser.error("--val_fraction must be between 0 and 1")
     for path in args.input or []:
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             parser.error(f"input file {path} not found or empty; give a file with text")
     char = args.char or args.dataset == "shakespeare_char"
-    enc, source = (None, None) if char else load_encoding()
-    meta = {} if char else {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "tokenizer_source": source}
+    enc, source = (None, None) if char or args.bpe else load_encoding()
+    meta = {} if char or args.bpe else {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "tokenizer_source": source}
     dest = base = os.path.join(args.data_root, name)
     while not os.path.exists(base):  # work next to the output, creating no folder before everything succeeded
         base = os.path.dirname(os.path.abspath(base))
@@ -166,21 +216,25 @@ def main(argv=None):
             try:
                 urllib.request.urlretrieve(SHAKESPEARE_URL, args.input[0])
             except Exception as e:
-                local = f"--input FILE --name {args.dataset}" + (" --char" if char else "")
+                local = f"--input FILE --name {args.dataset}" + (" --char" if char else "") + \
+                    (f" --bpe {args.bpe}" if args.bpe else "")
                 raise SystemExit(f"error: could not download {SHAKESPEARE_URL} ({e}); this needs network access, "
                                  f"or use a local copy of tiny shakespeare: python prepare.py {local}") from None
         if args.input:
             meta["source"] = SHAKESPEARE_URL if args.dataset else [os.path.abspath(p) for p in args.input]
-            meta |= prepare_text(args.input, tmp, args.val_fraction, enc)
+            meta |= prepare_text(args.input, tmp, args.val_fraction, enc, args.bpe)
         else:
             meta |= prepare_hf(args.dataset, tmp, enc)
+        counts = np.bincount(np.fromfile(os.path.join(tmp, "val.bin"), np.uint16))
+        p = counts[counts > 0] / counts.sum()
+        meta["val_unigram_entropy"] = float(-(p * np.log(p)).sum())   # nats per token: a unigram model's val loss
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=2)
         os.makedirs(dest, exist_ok=True)
         for file in ("train.bin", "val.bin", "meta.json"):  # meta.json last
             os.replace(os.path.join(tmp, file), os.path.join(dest, file))
     print(f"wrote {dest}/: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, vocabulary "
-          f"{meta['vocab_size']:,}")
+          f"{meta['vocab_size']:,}, val unigram entropy {meta['val_unigram_entropy']:.3f} nats")
     return meta
 
 

@@ -8,6 +8,7 @@ import torch
 
 from configurator import configure
 from model import GPT
+from data import tokenizer_of
 from prepare import codec
 
 init_from = 'resume'      # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-medium', ...)
@@ -25,11 +26,11 @@ torch.manual_seed(seed)
 model, ckpt = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device) if init_from == 'resume' else \
     (GPT.from_pretrained(init_from).to(device), {})
 model.eval()
-encode, decode = codec(ckpt.get('chars'))
+encode, decode = codec(tokenizer_of(ckpt))
 if start.startswith('FILE:'):
     with open(start[5:], encoding='utf-8') as f:
         start = f.read()
-ids = encode(start) or encode('\n' if ckpt.get('chars') else '<|endoftext|>')
+ids = encode(start) or encode('<|endoftext|>' if tokenizer_of(ckpt)[0] == 'gpt2' else '\n')
 if max(ids) >= model.config.vocab_size:
     raise SystemExit(f"error: the prompt has token ids beyond this model's vocabulary ({model.config.vocab_size})")
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, -model.config.block_size:]

@@ -46,7 +46,7 @@ def test_prepare_char_round_trips(char_run, tiny_text):
     chars = ''.join(sorted(set(tiny_text)))
     assert meta['chars'] == chars and meta['vocab_size'] == len(chars) and meta['tokenizer'] == 'char'
     ids = np.concatenate([np.fromfile(root / 'chars' / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')])
-    encode, decode = prepare.codec(meta['chars'])
+    encode, decode = prepare.codec(('char', meta['chars']))
     assert decode(ids.tolist()) == tiny_text and encode(tiny_text) == ids.tolist()
     assert meta['val_tokens'] == int(0.1 * len(tiny_text)) and meta['max_token_id'] == len(chars) - 1
 
@@ -58,7 +58,7 @@ def test_several_files_are_joined_by_a_newline(tmp_path):
                          '--data_root', str(tmp_path)])
     ids = np.concatenate([np.fromfile(tmp_path / 'ab' / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')])
     assert meta['chars'] == '\nabcxyz'
-    assert prepare.codec(meta['chars'])[1](ids.tolist()) == 'abc' * 10 + '\n' + 'xyz' * 10
+    assert prepare.codec(('char', meta['chars']))[1](ids.tolist()) == 'abc' * 10 + '\n' + 'xyz' * 10
 
 
 def test_shakespeare_char_download_failure_names_the_offline_form(tmp_path, monkeypatch):
