@@ -1,16 +1,18 @@
 """
-Config files and --key=value overrides for train.py and sample.py, checked (unknown keys, wrong types: one line):
-    python train.py config/quick_sd.py config/deep.py config/hybrid_third.py --seed=2 --attn="['linear','sd','sd']"
-A config file is Python that assigns globals and sees the values set before it (files compose); a value is parsed
-with ast.literal_eval (a bare word stays a string).
+Config files and --key=value overrides for train.py and sample.py, checked (unknown keys, wrong types:
+one line):
+    python train.py config/quick_sd.py config/deep.py config/hybrid_third.py --seed=2 \\
+        --attn="['linear','sd','sd']"
+A config file is Python that assigns globals and sees the values set before it (files compose); a value is
+parsed with ast.literal_eval (a bare word stays a string).
 """
 import ast
 import sys
 
 
 def configure(defaults, argv=None):
-    """Apply the config files and --key=value overrides of `argv` (default: sys.argv[1:]) to the dict `defaults`;
-    returns the dict of what was set."""
+    """Apply the config files and --key=value overrides of `argv` (default: sys.argv[1:]) to the dict
+    `defaults`; returns the dict of what was set."""
     overrides = {}
     for arg in sys.argv[1:] if argv is None else argv:
         if arg.startswith('--'):
@@ -27,8 +29,8 @@ def configure(defaults, argv=None):
                 with open(arg) as f:
                     exec(compile(f.read(), arg, 'exec'), scope)
             except OSError as e:
-                raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}; give the path of a config file "
-                                 f"(like config/quick_sd.py) or --key=value")
+                raise SystemExit(f"error: cannot read config file {arg}: {e.strerror}; give the path of a "
+                                 f"config file (like config/quick_sd.py) or --key=value")
             except Exception as e:
                 raise SystemExit(f"error: config file {arg} failed: {type(e).__name__}: {e}")
             assigned = {k: v for k, v in scope.items() if (k not in defaults or v is not defaults[k])
@@ -41,7 +43,8 @@ def configure(defaults, argv=None):
             if isinstance(default, float) and type(value) is int:
                 value = float(value)
             elif type(value) is not type(default) and None not in (default, value) \
-                    and not isinstance(default, list) and not isinstance(value, (list, tuple)):   # lists: GPTConfig
+                    and not isinstance(default, list) \
+                    and not isinstance(value, (list, tuple)):   # lists: GPTConfig
                 raise SystemExit(f"error: {key} expects {type(default).__name__} (like {default!r}), "
                                  f"got {type(value).__name__} {value!r} from {arg}")
             defaults[key] = overrides[key] = value

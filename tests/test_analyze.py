@@ -1,5 +1,6 @@
-"""Offline tests for analyze.py: fast kernel metrics vs the full-matrix computation, GPT-2 / BERT weight
-layouts, data level vs hooked q and k, S−D heads, the CLI end to end and its one-line errors."""
+"""Offline tests for analyze.py: fast kernel metrics (also with rotations) vs the full-matrix computation,
+GPT-2 / BERT weights, data level vs hooked q and k, S−D heads, the CLI end to end and its one-line errors
+(every transformers family: test_hf_families.py)."""
 import ast
 import csv
 import json
@@ -8,7 +9,7 @@ import os
 import subprocess
 import sys
 import types
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pytest
 import torch
@@ -32,22 +33,22 @@ def assert_metrics_close(a, b, rtol=1e-9, atol=1e-9):
 @pytest.fixture(scope='module')
 def tiny_gpt2():
     torch.manual_seed(0)
-    c = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)   # GPT-2's vocabulary: reads text
+    c = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)   # GPT-2's vocabulary
     return transformers.GPT2LMHeadModel(c).eval()
 
 
 @pytest.fixture(scope='module')
 def tiny_bert():
     torch.manual_seed(0)
-    c = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                vocab_size=96, max_position_embeddings=64)
+    c = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, vocab_size=96, max_position_embeddings=64)
     return transformers.BertModel(c, add_pooling_layer=False).eval()
 
 
 def sd_model():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=3, n_head=2, n_embd=32, attn='sd', norm='none',
-                          sd_rank=[1, None, 3]))
+    model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=3, n_head=2, n_embd=32, attn='sd',
+                          norm='none', sd_rank=[1, None, 3]))
     with torch.no_grad():
         for a in model.attention_layers():
             a.sd_delta.normal_()   # a non-scalar filter D
@@ -86,7 +87,8 @@ def test_rank2_skew_and_symmetric_kernels():
     assert m['rho'].abs().max() < 1e-12 and m['routing_fraction'].max() < 1e-20
     assert (m['routing_erank'] == 0).all()
     zero = torch.zeros(H, dtype=torch.float64)
-    assert_metrics_close(m, analyze.kernel_metrics_naive(W, W) | {'rho': zero, 'routing_fraction': zero}, atol=1e-12)
+    assert_metrics_close(m, analyze.kernel_metrics_naive(W, W) | {'rho': zero, 'routing_fraction': zero},
+                         atol=1e-12)
 
 
 @pytest.mark.parametrize('d, n', [(8, 40), (16, 24), (4, 5)])   # n > 2d, d < n < 2d, n ~ d
@@ -94,6 +96,11 @@ def test_kernel_metrics_match_naive_random(d, n):
     torch.manual_seed(d * n)
     W_q, W_k = torch.randn(3, d, n), torch.randn(3, d, n)
     assert_metrics_close(analyze.kernel_metrics(W_q, W_k), analyze.kernel_metrics_naive(W_q, W_k))
+    rot = torch.linalg.qr(torch.randn(2, 1, d, d, dtype=torch.float64)).Q   # rotations (any d x d will do)
+    assert_metrics_close(analyze.kernel_metrics(W_q, W_k, rot=rot),
+                         analyze.kernel_metrics_naive(W_q, W_k, rot=rot))
+    for W in (W_q, torch.cat([W_q[:, :1]] * d, 1)):   # W_q = W_k (full rank, rank 1): no routing at any rot
+        assert analyze.kernel_metrics(W, W, rot=rot)['routing_fraction'].max() < 1e-20
 
 
 def test_kernel_metrics_match_naive_hf(tiny_gpt2, tiny_bert):
@@ -105,22 +112,6 @@ def test_kernel_metrics_match_naive_hf(tiny_gpt2, tiny_bert):
                                  analyze.kernel_metrics_naive(w['W_q'], w['W_k']))
 
 
-def test_hf_layouts_give_the_modules_own_q_k(tiny_gpt2, tiny_bert):
-    """hf_layers' W_q, b_q, W_k, b_k reproduce the q and k the transformers modules compute."""
-    x = torch.randn(1, 5, 32)
-    for i, w in enumerate(analyze.hf_layers(tiny_gpt2)):
-        qkv = tiny_gpt2.transformer.h[i].attn.c_attn(x)                  # (1, 5, 3 * 32)
-        q, k = qkv[..., :32].view(1, 5, 2, 16).transpose(1, 2), qkv[..., 32:64].view(1, 5, 2, 16).transpose(1, 2)
-        torch.testing.assert_close(torch.einsum('btn,hdn->bhtd', x, w['W_q']) + w['b_q'][:, None], q)
-        torch.testing.assert_close(torch.einsum('btn,hdn->bhtd', x, w['W_k']) + w['b_k'][:, None], k)
-    for i, w in enumerate(analyze.hf_layers(tiny_bert)):
-        sa = tiny_bert.encoder.layer[i].attention.self
-        torch.testing.assert_close(torch.einsum('btn,hdn->bhtd', x, w['W_q']) + w['b_q'][:, None],
-                                   sa.query(x).view(1, 5, 2, 16).transpose(1, 2))
-        torch.testing.assert_close(torch.einsum('btn,hdn->bhtd', x, w['W_k']) + w['b_k'][:, None],
-                                   sa.key(x).view(1, 5, 2, 16).transpose(1, 2))
-
-
 def test_our_gpt_from_hf_matches_hf(tiny_gpt2):
     ours = GPT.from_hf(tiny_gpt2).eval()
     rows_ours = [r for i, w in enumerate(analyze.gpt_layers(ours)) for r in analyze.weight_rows('m', w, i)]
@@ -130,8 +121,8 @@ def test_our_gpt_from_hf_matches_hf(tiny_gpt2):
         for k in METRICS:
             assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k   # the same weights, transposed
     seqs = [torch.randint(0, 96, (12,)), torch.randint(0, 96, (7,))]
-    for q_o, q_h in zip(analyze.layer_qk(ours, seqs[0][None]), analyze.layer_qk(tiny_gpt2, seqs[0][None])):
-        torch.testing.assert_close(q_o, q_h, rtol=1e-4, atol=1e-5)
+    for qk_o, qk_h in zip(analyze.layer_qk(ours, seqs[0][None]), analyze.layer_qk(tiny_gpt2, seqs[0][None])):
+        torch.testing.assert_close(qk_o, qk_h, rtol=1e-4, atol=1e-5)   # q (scaled), k, cap None
     kinds = ['standard'] * 2
     data_ours, data_hf = (analyze.data_rows('m', kinds, m, seqs, NO_BAR) for m in (ours, tiny_gpt2))
     assert len(data_ours) == len(data_hf) == 4
@@ -195,7 +186,7 @@ def test_sd_heads():
                              analyze.kernel_metrics_naive(w['W_q'], w['W_k']))
         for h in range(2):
             r = rows[2 * i + h]
-            lam = torch.linalg.eigvals(w['S'][h]).imag.abs().sort(descending=True).values[::2]   # one per +-i w pair
+            lam = torch.linalg.eigvals(w['S'][h]).imag.abs().sort(descending=True).values[::2]   # +-i w pairs
             # (frequencies below 1e-6 of ||S|| are float32 rounding of a low-rank S, reported as 0)
             assert r['rotation_freqs'] == pytest.approx(lam.tolist(), abs=1e-6 * w['S'][h].norm().item())
             D = w['D'][h]
@@ -209,10 +200,11 @@ def test_sd_heads():
 # CLI
 
 def train_defaults():
-    """train.py's literal defaults, the dict its configurator checks config files against."""
+    """train.py's defaults, the dict its configurator checks config files against: GPTConfig's fields
+    (train.py takes them all but vocab_size, block_size) and its literal assignments."""
     with open(os.path.join(REPO, 'train.py')) as f:
         tree = ast.parse(f.read())
-    out = {}
+    out = {f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'block_size')}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
@@ -226,23 +218,25 @@ def save_ckpt(path, config):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.manual_seed(0)
     model = GPT(config)
-    torch.save({'model': model.state_dict(), 'model_args': asdict(config), 'iter_num': 0, 'best_val_loss': 9.9}, path)
+    torch.save({'model': model.state_dict(), 'model_args': asdict(config), 'iter_num': 0,
+                'best_val_loss': 9.9}, path)
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'analyze.py'), *args], capture_output=True, text=True,
-                          cwd=REPO, env=(os.environ | (env or {})), timeout=300)
+    return subprocess.run([sys.executable, os.path.join(REPO, 'analyze.py'), *args], capture_output=True,
+                          text=True, cwd=REPO, env=(os.environ | (env or {})), timeout=300)
 
 
 def test_cli_end_to_end(tmp_path):
-    config = GPTConfig(block_size=64, vocab_size=50304, n_layer=3, n_head=2, n_embd=32, attn='sd', norm='none')
+    config = GPTConfig(block_size=64, vocab_size=50304, n_layer=3, n_head=2, n_embd=32, attn='sd',
+                       norm='none')
     save_ckpt(str(tmp_path / 'sd_tiny' / 'ckpt.pt'), config)
     text = tmp_path / 'text.txt'
     text.write_text("The quick brown fox jumps over the lazy dog, again and again.\n\n"
                     "Attention routes information from one token to another.\nA short line here.\n")
     out, cfg = tmp_path / 'analysis', tmp_path / 'cascade.py'
-    r = run_cli('--ckpt', str(tmp_path / 'sd_tiny'), '--text_file', str(text), '--num_seqs', '2', '--seq_len', '12',
-                '--out_dir', str(out), '--suggest', str(cfg))
+    r = run_cli('--ckpt', str(tmp_path / 'sd_tiny'), '--text_file', str(text), '--num_seqs', '2',
+                '--seq_len', '12', '--out_dir', str(out), '--suggest', str(cfg))
     assert r.returncode == 0, r.stderr
     with open(out / 'heads.csv') as f:
         rows = list(csv.DictReader(f))
@@ -277,43 +271,50 @@ def test_main_hf_dirs(tmp_path, tiny_gpt2, tiny_bert, capsys):
     vocab.write_text('\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] + words
                                + [f'w{i}' for i in range(96 - 5 - len(words))]) + '\n')
     transformers.BertTokenizer(str(vocab)).save_pretrained(tmp_path / 'bert-tiny')
-    save_ckpt(str(tmp_path / 'std' / 'ckpt.pt'), GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2,
-                                                           n_embd=32, norm='none'))
+    save_ckpt(str(tmp_path / 'std' / 'ckpt.pt'), GPTConfig(block_size=64, vocab_size=50304, n_layer=2,
+                                                           n_head=2, n_embd=32, norm='none'))
     text = tmp_path / 'text.txt'
     text.write_text('hello world this is a test\nattention routing and filtering in small models\n')
     out = tmp_path / 'cmp'
-    analyze.main(['--ckpt', str(tmp_path / 'std'), '--hf', str(tmp_path / 'gpt2-tiny'), str(tmp_path / 'bert-tiny'),
-                  str(tmp_path / 'bert-notok'), '--text_file', str(text), '--out_dir', str(out)])
+    analyze.main(['--ckpt', str(tmp_path / 'std'), '--hf', str(tmp_path / 'gpt2-tiny'),
+                  str(tmp_path / 'bert-tiny'), str(tmp_path / 'bert-notok'), '--text_file', str(text),
+                  '--out_dir', str(out)])
     assert 'warning: no local tokenizer for bert-notok' in capsys.readouterr().err
     summary = json.loads((out / 'summary.json').read_text())
-    assert summary['total_heads'] == 16 and list(summary['models']) == ['std', 'gpt2-tiny', 'bert-tiny', 'bert-notok']
+    assert summary['total_heads'] == 16
+    assert list(summary['models']) == ['std', 'gpt2-tiny', 'bert-tiny', 'bert-notok']
     assert (out / 'heatmap_bert-tiny.png').exists()
     with open(out / 'heads.csv') as f:
         levels = {(r['model'], r['level']) for r in csv.DictReader(f)}
     assert levels == {(m, lv) for m in ('std', 'gpt2-tiny', 'bert-tiny') for lv in ('weight', 'data')} | \
         {('bert-notok', 'weight')}
-    save_ckpt(str(tmp_path / 'small_vocab' / 'ckpt.pt'), GPTConfig(block_size=64, vocab_size=64, n_layer=1, n_head=2,
-                                                                   n_embd=32))
+    save_ckpt(str(tmp_path / 'small_vocab' / 'ckpt.pt'), GPTConfig(block_size=64, vocab_size=64, n_layer=1,
+                                                                   n_head=2, n_embd=32))
     with pytest.raises(SystemExit, match='vocabulary'):    # GPT-2 BPE ids do not fit 64 tokens
-        analyze.main(['--ckpt', str(tmp_path / 'small_vocab'), '--text_file', str(text), '--out_dir', str(out)])
+        analyze.main(['--ckpt', str(tmp_path / 'small_vocab'), '--text_file', str(text), '--out_dir',
+                      str(out)])
 
 
 def test_main_dataset(tmp_path):
     """--dataset: sequences from a prepared val split (uint16 ids), with --suggest from the data level."""
     import numpy as np
     os.makedirs(tmp_path / 'data' / 'tiny')
-    np.random.default_rng(0).integers(0, 64, 500).astype(np.uint16).tofile(tmp_path / 'data' / 'tiny' / 'val.bin')
-    save_ckpt(str(tmp_path / 'm' / 'ckpt.pt'), GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32))
+    np.random.default_rng(0).integers(0, 64, 500).astype(np.uint16).tofile(tmp_path / 'data' / 'tiny' /
+                                                                           'val.bin')
+    save_ckpt(str(tmp_path / 'm' / 'ckpt.pt'), GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2,
+                                                         n_embd=32))
     args = ['--ckpt', str(tmp_path / 'm'), '--dataset', 'tiny', '--data_root', str(tmp_path / 'data'),
-            '--num_seqs', '3', '--seq_len', '24', '--out_dir', str(tmp_path / 'o'), '--suggest', str(tmp_path / 'c.py')]
+            '--num_seqs', '3', '--seq_len', '24', '--out_dir', str(tmp_path / 'o'), '--suggest',
+            str(tmp_path / 'c.py')]
     analyze.main(args)
     with open(tmp_path / 'o' / 'heads.csv') as f:
         data_rows = [r for r in csv.DictReader(f) if r['level'] == 'data']
     assert len(data_rows) == 4 and all(float(r['n']) == 16 for r in data_rows)   # cut to block_size
-    assert 'interaction A' in (tmp_path / 'c.py').read_text()                     # derived from the data level
-    analyze.main(args + ['--allocate', 'width'])   # width follows the cascade: the most-routing layer keeps 16
+    assert 'interaction A' in (tmp_path / 'c.py').read_text()                # derived from the data level
+    analyze.main(args + ['--allocate', 'width'])   # width follows the cascade: the most-routing layer: 16
     overrides = configure(train_defaults(), [str(tmp_path / 'c.py')])
-    summary = json.loads((tmp_path / 'o' / 'summary.json').read_text())['models']['m']['data']['routing_erank']['mean']
+    summary = json.loads((tmp_path / 'o' / 'summary.json').read_text())['models']['m']
+    summary = summary['data']['routing_erank']['mean']
     e = [round(x, 2) for x in summary]   # suggest_config's rounding
     assert overrides['head_dim'] == [max(8, 8 * round(16 * x / max(e) / 8)) for x in e]
     assert 16 in overrides['head_dim'] and 'sd_rank' not in overrides
@@ -324,7 +325,8 @@ def test_main_dataset(tmp_path):
 @pytest.mark.parametrize('case', ['unknown_hub_name', 'random_file'])
 def test_cli_one_line_errors(tmp_path, case):
     if case == 'unknown_hub_name':
-        r = run_cli('--hf', 'no-such-org/no-such-model', '--out_dir', str(tmp_path / 'o'), env={'HF_HUB_OFFLINE': '1'})
+        r = run_cli('--hf', 'no-such-org/no-such-model', '--out_dir', str(tmp_path / 'o'),
+                    env={'HF_HUB_OFFLINE': '1'})
     else:
         bad = tmp_path / 'ckpt.pt'
         bad.write_bytes(os.urandom(1000))
@@ -335,7 +337,8 @@ def test_cli_one_line_errors(tmp_path, case):
 
 
 @pytest.mark.parametrize('argv', [[], ['--ckpt', 'a', '--suggest', '/no/such/dir/c.py'],
-                                  ['--ckpt', 'a', '--text_file', 't', '--dataset', 'd'], ['--ckpt', 'a', '--bogus']])
+                                  ['--ckpt', 'a', '--text_file', 't', '--dataset', 'd'],
+                                  ['--ckpt', 'a', '--bogus']])
 def test_bad_arguments_are_one_line_errors(argv):
     with pytest.raises(SystemExit) as e:
         analyze.main(argv)
@@ -343,13 +346,15 @@ def test_bad_arguments_are_one_line_errors(argv):
 
 
 def test_config_files_compose():
-    """Variant files see the values set before them: the 6-layer hybrid of the S−D quickstart, a referee control."""
+    """Variant files see the values set before them: the 6-layer hybrid of the S−D quickstart, a referee
+    control."""
     C = lambda name: os.path.join(REPO, 'config', name)   # noqa: E731
     defaults = train_defaults() | {'device': 'cpu', 'dtype': 'float32'}
     config = dict(defaults)
     overrides = configure(config, [C('quick_sd.py'), C('deep.py'), C('hybrid_third.py'), '--seed=2'])
     assert overrides['attn'] == ['linear'] * 2 + ['sd'] * 4 and config['n_layer'] == 6 and config['seed'] == 2
-    assert configure(dict(defaults), [C('quick_sd.py'), C('hybrid_third.py')])['attn'] == ['linear'] + ['sd'] * 3
+    overrides = configure(dict(defaults), [C('quick_sd.py'), C('hybrid_third.py')])
+    assert overrides['attn'] == ['linear'] + ['sd'] * 3
     config = dict(defaults)
     configure(config, [C('quick_sd.py'), C('std.py'), C('nonorm.py')])
     assert (config['attn'], config['norm'], config['dataset']) == ('standard', 'none', 'shakespeare_char')

@@ -1,5 +1,5 @@
-"""bench.py --quick on the CPU: runs in seconds, prints its three tables, and every number it prints or writes is
-finite and positive (no speed is asserted: the machine is shared)."""
+"""bench.py --quick on the CPU: runs in seconds, prints its three tables, and every number it prints or
+writes is finite and positive (no speed is asserted: the machine is shared)."""
 import json
 import math
 import os
@@ -11,7 +11,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTNS = ('standard', 'sd', 'linear')
-DECODE = ('softmax, k/v cache', 'ELU+1, recurrent state')
+DECODE = ('softmax, k/v cache', 'ELU+1, recurrent state', 'ELU+1 + 32-token softmax window')
 
 
 def positive(x):
@@ -51,11 +51,12 @@ def test_header_and_tables_printed(result):
     assert res['quick'] and res['device'].startswith('cpu')
     lines = stdout.splitlines()
     assert lines[0].startswith('bench.py --quick | cpu, 1 thread')
-    for header in ('compiled/eager', 'vs standard, eager', 'MFU compiled', 'softmax/ELU+1', *DECODE,
+    for header in ('compiled/eager', 'vs standard, eager', 'MFU compiled', 'softmax/ELU+1', 'softmax/window',
+                   *DECODE,
                    'analyze.py s', 'naive s', 'speedup', 'max relative difference'):
         assert header in stdout, header
-    for first in (*ATTNS, *(str(L) for L in res['settings']['contexts']), *res['settings']['analysis']['shapes'],
-                  'total'):
+    for first in (*ATTNS, *(str(L) for L in res['settings']['contexts']),
+                  *res['settings']['analysis']['shapes'], 'total'):
         assert any(line.split()[:1] == [first] for line in lines), first
 
 
@@ -75,7 +76,16 @@ def test_training_rows(result):
 def test_decode_rows(result):
     res, _ = result
     assert [r['context'] for r in res['decode']] == list(res['settings']['contexts'])
-    assert all(set(r) == {'context', *DECODE} for r in res['decode'])
+    assert all(set(r) == {'context', *DECODE, *(f'{n} bytes' for n in DECODE)} for r in res['decode'])
+    c = res['settings']['decode']   # float32 caches: k and v per position; the states d x d + d per head
+    L, H, d = c['n_layer'], c['n_head'], c['n_embd'] // c['n_head']
+    state = 4 * L * H * (d * d + d)
+    for r in res['decode']:
+        T = r['context']
+        assert r['softmax, k/v cache bytes'] == 4 * L * 2 * T * H * d
+        assert r['ELU+1, recurrent state bytes'] == state
+        ring = 4 * L * 2 * 32 * H * d   # 32 slots of k and v
+        assert r['ELU+1 + 32-token softmax window bytes'] == state + ring
 
 
 def test_analysis(result):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import data
 import prepare
 from conftest import REPO
 from model import GPT
@@ -24,16 +25,19 @@ def run(script, *args):
 
 
 def one_line_error(r, *words):
-    assert r.returncode != 0 and r.stderr.startswith('error:') and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.returncode != 0 and r.stderr.startswith('error:') \
+        and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert all(w in r.stderr for w in words), r.stderr
 
 
 @pytest.fixture(scope='module')
 def char_run(tmp_path_factory, tiny_text):
-    """(tmp dir, data_root, out_dir): 100 KB of tiny shakespeare at character level and a 6-iteration run on it."""
+    """(tmp dir, data_root, out_dir): 100 KB of tiny shakespeare at character level and a 6-iteration run on
+    it."""
     tmp = tmp_path_factory.mktemp('char')
     (tmp / 'input.txt').write_text(tiny_text, encoding='utf-8')
-    r = run('prepare.py', '--input', tmp / 'input.txt', '--name', 'chars', '--char', '--data_root', tmp / 'data')
+    r = run('prepare.py', '--input', tmp / 'input.txt', '--name', 'chars', '--char',
+            '--data_root', tmp / 'data')
     assert r.returncode == 0, r.stderr
     r = run('train.py', f'--data_root={tmp / "data"}', '--dataset=chars', f'--out_dir={tmp / "out"}', *TINY)
     assert r.returncode == 0, r.stderr
@@ -45,8 +49,9 @@ def test_prepare_char_round_trips(char_run, tiny_text):
     meta = json.loads((root / 'chars' / 'meta.json').read_text())
     chars = ''.join(sorted(set(tiny_text)))
     assert meta['chars'] == chars and meta['vocab_size'] == len(chars) and meta['tokenizer'] == 'char'
-    ids = np.concatenate([np.fromfile(root / 'chars' / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')])
-    encode, decode = prepare.codec(('char', meta['chars']))
+    ids = np.concatenate([np.fromfile(root / 'chars' / f'{s}.bin', dtype=np.uint16)
+                          for s in ('train', 'val')])
+    encode, decode = data.codec(('char', meta['chars']))
     assert decode(ids.tolist()) == tiny_text and encode(tiny_text) == ids.tolist()
     assert meta['val_tokens'] == int(0.1 * len(tiny_text)) and meta['max_token_id'] == len(chars) - 1
 
@@ -54,11 +59,12 @@ def test_prepare_char_round_trips(char_run, tiny_text):
 def test_several_files_are_joined_by_a_newline(tmp_path):
     (tmp_path / 'a.txt').write_text('abc' * 10, encoding='utf-8')
     (tmp_path / 'b.txt').write_text('xyz' * 10, encoding='utf-8')
-    meta = prepare.main(['--input', str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt'), '--name', 'ab', '--char',
-                         '--data_root', str(tmp_path)])
-    ids = np.concatenate([np.fromfile(tmp_path / 'ab' / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')])
+    meta = prepare.main(['--input', str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt'), '--name', 'ab',
+                         '--char', '--data_root', str(tmp_path)])
+    ids = np.concatenate([np.fromfile(tmp_path / 'ab' / f'{s}.bin', dtype=np.uint16)
+                          for s in ('train', 'val')])
     assert meta['chars'] == '\nabcxyz'
-    assert prepare.codec(('char', meta['chars']))[1](ids.tolist()) == 'abc' * 10 + '\n' + 'xyz' * 10
+    assert data.codec(('char', meta['chars']))[1](ids.tolist()) == 'abc' * 10 + '\n' + 'xyz' * 10
 
 
 def test_shakespeare_char_download_failure_names_the_offline_form(tmp_path, monkeypatch):
@@ -66,13 +72,15 @@ def test_shakespeare_char_download_failure_names_the_offline_form(tmp_path, monk
     with pytest.raises(SystemExit) as e:
         prepare.main(['shakespeare_char', '--data_root', str(tmp_path / 'out')])
     msg = str(e.value.code)
-    assert msg.startswith('error:') and '--input FILE --name shakespeare_char --char' in msg and '\n' not in msg
+    assert msg.startswith('error:') and '--input FILE --name shakespeare_char --char' in msg \
+        and '\n' not in msg
     assert not (tmp_path / 'out').exists()
 
 
 def test_char_prepare_bad_utf8_leaves_nothing(tmp_path):
     (tmp_path / 'bad.txt').write_bytes(b'good text \xff more')
-    r = run('prepare.py', '--input', tmp_path / 'bad.txt', '--name', 'x', '--char', '--data_root', tmp_path / 'out')
+    r = run('prepare.py', '--input', tmp_path / 'bad.txt', '--name', 'x', '--char',
+            '--data_root', tmp_path / 'out')
     one_line_error(r, 'UTF-8')
     assert not (tmp_path / 'out').exists()
 
@@ -93,9 +101,11 @@ def test_sample_needs_no_data_folder(char_run, tmp_path):
     assert r.returncode == 0, r.stderr
     samples = r.stdout.split('---------------\n')[:2]
     chars = GPT.from_checkpoint(str(alone / 'ckpt.pt'))[1]['chars']
-    assert all(s.startswith('ROMEO:') and len(s) == len('ROMEO:') + 50 + 1 for s in samples)   # + print's newline
+    # + 1: print's newline
+    assert all(s.startswith('ROMEO:') and len(s) == len('ROMEO:') + 50 + 1 for s in samples)
     assert set(''.join(samples)) <= set(chars)
-    one_line_error(run('sample.py', f'--out_dir={alone}', '--start=ROMEO: ¿qué?', '--device=cpu'), "'¿'", 'vocabulary')
+    one_line_error(run('sample.py', f'--out_dir={alone}', '--start=ROMEO: ¿qué?', '--device=cpu'),
+                   "'¿'", 'vocabulary')
 
 
 def test_resume_on_another_vocabulary_is_refused(char_run, tmp_path):
@@ -112,13 +122,14 @@ def test_resume_on_another_vocabulary_is_refused(char_run, tmp_path):
 
 def test_linearize_k0_reproduces_the_logged_val_loss(char_run):
     tmp, root, out = char_run
-    r = run('linearize.py', '--ckpt', out / 'ckpt.pt', '--data_root', root, '--num_batches=2', '--batch_size=4',
-            '--out_dir', tmp / 'lin', '--device=cpu')
+    r = run('linearize.py', '--ckpt', out / 'ckpt.pt', '--data_root', root, '--num_batches=2',
+            '--batch_size=4', '--out_dir', tmp / 'lin', '--device=cpu')
     assert r.returncode == 0, r.stderr
     rows = (tmp / 'lin' / 'linearize.csv').read_text().splitlines()
     k0 = float(rows[1].split(',')[4])
     logged = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()][-1]['val_loss']
-    assert len(rows) == 1 + 3 and abs(k0 - logged) < 1e-5   # k = 0, 1, 2; the very batches train.py evaluated on
+    # k = 0, 1, 2; the very batches train.py evaluated on
+    assert len(rows) == 1 + 3 and abs(k0 - logged) < 1e-5
 
 
 def test_linearize_refuses_another_vocabulary(char_run, tiny_data):
@@ -129,12 +140,14 @@ def test_linearize_refuses_another_vocabulary(char_run, tiny_data):
 
 def test_analyze_data_level_on_chars(char_run):
     tmp, root, out = char_run
-    (tmp / 'lines.txt').write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n', encoding='utf-8')
+    (tmp / 'lines.txt').write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n',
+                                   encoding='utf-8')
     for source in (['--dataset', 'chars', '--data_root', root], ['--text_file', tmp / 'lines.txt']):
         r = run('analyze.py', '--ckpt', out, *source, '--num_seqs=2', '--seq_len=16', '--out_dir', tmp / 'an')
         assert r.returncode == 0, r.stderr
         levels = {line.split(',')[1] for line in (tmp / 'an' / 'heads.csv').read_text().splitlines()[1:]}
         assert levels == {'weight', 'data'}, levels
     (tmp / 'bad.txt').write_text('Now is the winter of our discontent — said he\n', encoding='utf-8')
-    one_line_error(run('analyze.py', '--ckpt', out, '--text_file', tmp / 'bad.txt', '--out_dir', tmp / 'an'), "'—'")
+    one_line_error(run('analyze.py', '--ckpt', out, '--text_file', tmp / 'bad.txt', '--out_dir', tmp / 'an'),
+                   "'—'")
 

@@ -27,9 +27,9 @@ if not os.path.exists(TEXT):
 FAST = ['--max_iters=3', '--eval_interval=3', '--eval_iters=1', '--batch_size=2', '--block_size=64',
         '--log_interval=1']   # quick configs: their shape, fewer and smaller batches
 
-# Parameter counts as stated in the README: (non-embedding params as train.py prints them, attention params) for
-# config/A.py config/B.py ... (NAME = 'A+B+...'), with GPT-2's padded vocabulary 50304 or tiny shakespeare's 65
-# characters.
+# Parameter counts as stated in the README: (non-embedding params as train.py prints them, attention
+# params) for config/A.py config/B.py ... (NAME = 'A+B+...'), with GPT-2's padded vocabulary 50304 or tiny
+# shakespeare's 65 characters.
 COUNTS = {
     'sd_7m': (7_176_704, 213_504), 'sd_7m+std': (7_226_496, 262_144),
     'sd_20m': (18_778_112, 1_705_984), 'sd_20m+std': (19_173_632, 2_097_152),
@@ -50,8 +50,8 @@ MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'n
 
 
 def model_args(name):
-    """The GPTConfig arguments train.py builds from config/A.py config/B.py ... for NAME = 'A+B+...': its literal
-    defaults (read from train.py) updated by the config files."""
+    """The GPTConfig arguments train.py builds from config/A.py config/B.py ... for NAME = 'A+B+...': its
+    literal defaults (read from train.py) updated by the config files."""
     with open(os.path.join(REPO, 'train.py')) as f:
         body = ast.parse(f.read()).body
     defaults = {'device': 'cpu', 'dtype': 'float32'}
@@ -82,7 +82,7 @@ def data_root(tmp_path_factory):
     """data_root with dataset 'tiny': ~25k GPT-2 tokens of tiny shakespeare (random ids if unavailable)."""
     root = tmp_path_factory.mktemp('data')
     try:
-        from prepare import get_encoding
+        from data import get_encoding
         with open(TEXT, encoding='utf-8') as f:
             ids = np.array(get_encoding().encode_ordinary(f.read(100_000)), dtype=np.uint16)
     except (ImportError, OSError, SystemExit):
@@ -91,8 +91,9 @@ def data_root(tmp_path_factory):
     n = int(0.9 * len(ids))
     ids[:n].tofile(root / 'tiny' / 'train.bin')
     ids[n:].tofile(root / 'tiny' / 'val.bin')
-    (root / 'tiny' / 'meta.json').write_text(json.dumps({'vocab_size': 50257, 'max_token_id': int(ids.max())}))
-    prepare.main(['--input', TEXT, '--name', 'tiny_char', '--char', '--data_root', str(root)])   # 65 characters
+    (root / 'tiny' / 'meta.json').write_text(json.dumps({'vocab_size': 50257,
+                                                         'max_token_id': int(ids.max())}))
+    prepare.main(['--input', TEXT, '--name', 'tiny_char', '--char', '--data_root', str(root)])   # 65 chars
     return str(root)
 
 
@@ -115,9 +116,10 @@ def ckpts(data_root, tmp_path_factory):
             optimizer.zero_grad(set_to_none=True)
         os.makedirs(out / name)
         paths[name] = str(out / name / 'ckpt.pt')
-        torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(config),
-                    'iter_num': 6, 'best_val_loss': 1e9, 'config': {'dataset': 'tiny', 'data_root': data_root,
-                                                                     'block_size': 32, 'seed': 1337}}, paths[name])
+        torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                    'model_args': asdict(config), 'iter_num': 6, 'best_val_loss': 1e9,
+                    'config': {'dataset': 'tiny', 'data_root': data_root, 'block_size': 32, 'seed': 1337}},
+                   paths[name])
     return paths
 
 
@@ -126,8 +128,9 @@ def quick_runs(data_root, tmp_path_factory):
     """The quick hybrid / cascade configs, 3 iterations each through train.py on the tiny dataset:
     {name: (out_dir, stdout)}. One process runs train.py once per config, so torch is imported once."""
     out = tmp_path_factory.mktemp('quick')
-    argv = {name: ['train.py', *(f'config/{p}.py' for p in name.split('+')), *FAST, f'--data_root={data_root}',
-                   '--dataset=tiny_char', f'--out_dir={out / name}'] for name in QUICK}
+    argv = {name: ['train.py', *(f'config/{p}.py' for p in name.split('+')), *FAST,
+                   f'--data_root={data_root}', '--dataset=tiny_char', f'--out_dir={out / name}']
+            for name in QUICK}
     driver = ("import runpy, sys\n"
               f"for name, argv in {argv!r}.items():\n"
               "    print('=== ' + name, flush=True)\n"
@@ -172,7 +175,7 @@ def test_k0_reproduces_val_loss_and_k_max_is_all_linear(tmp_path, data_root, ckp
         with torch.no_grad():
             own = sum(model(x, y)[1].item() for x, y in batches) / 2
             model.linearize(range(2))
-            assert all(a.linear for a in model.attention_layers())
+            assert all(a.mixer.name == 'elu' for a in model.attention_layers())
             all_linear = sum(model(x, y)[1].item() for x, y in batches) / 2
         for order in ('first', 'last'):
             rs = [r for r in rows if r['ckpt'] == path and r['order'] == order]
@@ -183,7 +186,8 @@ def test_k0_reproduces_val_loss_and_k_max_is_all_linear(tmp_path, data_root, ckp
         assert own != all_linear
     table = read_csv(tmp_path)
     assert len(table) == 2 * 2 * 3   # ckpts x orders x k
-    assert list(table[0]) == ['ckpt', 'order', 'k', 'layers', 'val_loss', 'ppl', 'delta_pct']
+    assert list(table[0]) == ['ckpt', 'order', 'k', 'layers', 'windows', 'val_loss', 'ppl', 'delta_pct']
+    assert [r['windows'] for r in table[:3]] == ['', '0', '0;0']
     for r in table:
         assert math.isclose(float(r['ppl']), math.exp(float(r['val_loss'])), rel_tol=1e-5)
     with open(tmp_path / 'lin' / 'linearize.png', 'rb') as f:
@@ -266,10 +270,117 @@ def test_bad_input(tmp_path, data_root, ckpts):
                       (['--ckpt', ckpts['sd'], '--block_size', '33'], 'block_size'),
                       (['--ckpt', ckpts['sd'], '--dataset', 'nope'], 'not found'),
                       (['--ckpt', ckpts['sd'], ckpts['sd']], 'twice'),
-                      (['--ckpt', ckpts['sd'], '--num_batches', '0'], 'num_batches')):
+                      (['--ckpt', ckpts['sd'], '--num_batches', '0'], 'num_batches'),
+                      (['--ckpt', ckpts['sd'], '--window', '-1'], '--window must be >= 0, got -1'),
+                      (['--ckpt', ckpts['sd'], '--transfer_iters', '-1'], 'transfer_iters')):
         with pytest.raises(SystemExit, match=msg):
             linearize.main(['--data_root', data_root, '--dataset', 'tiny', '--out_dir', str(out), *args])
     assert not out.exists()
+
+
+def test_window_flag_and_a_window_of_the_whole_block_costs_nothing(tmp_path, data_root, ckpts):
+    rows = run(tmp_path, data_root, '--ckpt', ckpts['std'], '--order', 'first', '--window', '4')
+    model, _ = GPT.from_checkpoint(ckpts['std'])
+    val = data.open_split(data_root, 'tiny', 'val')
+    batches = [data.get_batch(val, 4, 32, [0, 1, 0, i]) for i in range(2)]
+    model.linearize([0], window=4)
+    assert rows[1]['val_loss'] == linearize.evaluate(model, batches)
+    assert [r['windows'] for r in read_csv(tmp_path)] == ['', '4', '4;4']
+    rows = run(tmp_path, data_root, '--ckpt', ckpts['std'], '--order', 'first', '--window', '32')   # = T
+    assert all(abs(r['delta_pct']) < 1e-3 for r in rows)
+
+
+def test_attention_transfer_lowers_the_matching_loss_and_trains_only_what_the_switch_added(data_root, ckpts):
+    model, _ = GPT.from_checkpoint(ckpts['std'])
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    train, val = (data.open_split(data_root, 'tiny', split) for split in ('train', 'val'))
+    x = data.get_batch(val, 4, 32, [0, 1, 0, 0])[0]   # held out: not a transfer batch
+    args = types.SimpleNamespace(seed=0, transfer_iters=30, transfer_lr=1e-2, batch_size=4, device='cpu')
+    for window in (0, 4):
+        model.linearize([0, 1], window)
+        with torch.no_grad():
+            before = linearize.match_loss(model, [0, 1], x).item()
+        linearize.transfer(model, [0, 1], train, args, 32)
+        with torch.no_grad():
+            after = linearize.match_loss(model, [0, 1], x).item()
+        assert after < 0.8 * before, (window, before, after)
+        changed = {k for k, v in model.state_dict().items()
+                   if k not in trained or not torch.equal(v, trained[k])}
+        assert changed == {f'transformer.h.{i}.attn.mixer.{p}' for i in (0, 1)
+                           for p in ('map_q', 'map_k', 'log_gain')[:3 if window else 2]}
+    # the loss against a reference: the unswitched model's attention inputs, softmax's outputs, the mixers'
+    inputs = []
+    hooks = [a.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for a in model.attention_layers()]
+    mixers = [a.mixer for a in model.attention_layers()]
+    model.linearize(())
+    with torch.no_grad():
+        model(x)
+        expected = 0.0
+        for a, mixer, h in zip(model.attention_layers(), mixers, inputs):
+            q, k, v = a.qkv(h)
+            soft = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            expected += ((mixer(q, k, v) - soft) ** 2).mean().item()
+    for hook in hooks:
+        hook.remove()
+    for a, mixer in zip(model.attention_layers(), mixers):
+        a.mixer = mixer
+    with torch.no_grad():
+        assert linearize.match_loss(model, [0, 1], x).item() == pytest.approx(expected, rel=1e-5)
+        model.linearize([0, 1], window=32)   # the whole block in the window: softmax itself
+        assert linearize.match_loss(model, [0, 1], x).item() < 1e-10
+
+
+def test_cheapest_is_the_smallest_window_under_budget_else_the_lowest_cost():
+    costs = {('a', 0): (40, 9, 4, 6, 1, 0), ('a', 1): (90, 30, 8, 12, 7, 9), ('b', 0): (3, 9, 4, 6, 1, 0)}
+    arms = [dict(arm=arm, layer=layer, window=w, delta_pct=d)
+            for (arm, layer), ds in costs.items() for w, d in zip(linearize.WINDOWS, ds)]
+    assert linearize.cheapest(arms[::-1], '') == {('a', 0): 4, ('a', 1): 16, ('b', 0): 0}
+
+
+def test_per_layer_table_and_the_sweep_with_the_cheapest_fixes(tmp_path, data_root, ckpts, fake_erank):
+    paths = []
+    for seed in (1, 2):   # two seeds of one arm: the S−D checkpoint and a perturbed copy
+        ckpt = torch.load(ckpts['sd'], weights_only=True)
+        torch.manual_seed(seed)
+        for v in ckpt['model'].values():
+            v.add_(0.05 * (seed - 1) * torch.randn_like(v))
+        os.makedirs(tmp_path / f'arm_s{seed}')
+        paths.append(str(tmp_path / f'arm_s{seed}' / 'ckpt.pt'))
+        torch.save(ckpt, paths[-1])
+    fake_erank[2] = [3.0, 1.0]   # cascade order: layer 1 first
+    run(tmp_path, data_root, '--ckpt', *paths, '--per_layer', '--transfer_iters', '3', '--order', 'cascade')
+    out = tmp_path / 'lin'
+    assert sorted(os.listdir(out)) == ['cheapest.csv', 'linearize.csv', 'linearize.png', 'linearize_arms.csv',
+                                       'per_layer.csv', 'per_layer.png', 'per_layer_arms.csv']
+    read = lambda f: list(csv.DictReader(open(out / f)))
+    table, arms, fixes, sweep = (read(f) for f in ('per_layer.csv', 'per_layer_arms.csv', 'cheapest.csv',
+                                                   'linearize.csv'))
+    assert len(table) == 2 * 2 * len(linearize.WINDOWS) and len(arms) == 2 * len(linearize.WINDOWS)
+    assert list(table[0]) == ['ckpt', 'layer', 'window', 'val_loss', 'ppl', 'delta_pct', 'at_val_loss',
+                              'at_ppl', 'at_delta_pct', 'erank']
+    model, _ = GPT.from_checkpoint(paths[1])   # one layer switched alone, as measured directly
+    val = data.open_split(data_root, 'tiny', 'val')
+    batches = [data.get_batch(val, 4, 32, [0, 1, 0, i]) for i in range(2)]
+    model.linearize([1], window=2)
+    assert float(next(r for r in table if r['ckpt'] == paths[1] and r['layer'] == '1' and r['window'] == '2')[
+        'val_loss']) == pytest.approx(linearize.evaluate(model, batches), rel=1e-7)
+    for r in table:
+        if r['window'] == '32':   # = block_size: softmax itself, as switched and after transfer
+            assert abs(float(r['delta_pct'])) < 1e-3 and abs(float(r['at_delta_pct'])) < 1e-3
+    for a in arms:   # mean and std over the two seeds
+        ds = [float(r['at_delta_pct']) for r in table
+              if (r['layer'], r['window']) == (a['layer'], a['window'])]
+        assert a['n'] == '2' and float(a['at_delta_pct']) == pytest.approx(np.mean(ds), rel=1e-6, abs=1e-9)
+        assert float(a['at_delta_pct_std']) == pytest.approx(np.std(ds, ddof=1), rel=1e-5, abs=1e-9)
+    assert [(f['arm'], f['layer'], f['erank']) for f in fixes] == [('arm', '0', '3'), ('arm', '1', '1')]
+    for f in fixes:
+        for p in ('', 'at_'):
+            costs = {int(a['window']): float(a[p + 'delta_pct']) for a in arms if a['layer'] == f['layer']}
+            under = [w for w in linearize.WINDOWS if costs[w] < linearize.BUDGET]
+            assert int(f[p + 'window']) == (under[0] if under else min(costs, key=costs.get))
+    w = {f['layer']: f['at_window'] for f in fixes}   # the sweep: cascade order, each layer at its fix
+    assert [(r['layers'], r['windows']) for r in sweep if r['ckpt'] == paths[0]] == [
+        ('', ''), ('1', w['1']), ('0;1', f"{w['0']};{w['1']}")]
 
 
 # ---------------------------------------------------------------- configs

@@ -1,5 +1,6 @@
-"""model.py: the three attention types against naive references, causality, the post-hoc switch,
-GPT-2 weight loading, cached generation, parameter and FLOP counts, config errors."""
+"""model.py: the projections and mixers against naive references (ELU+1 and its softmax window: float64,
+values and gradients), causality, the post-hoc switch, GPT-2 weight loading, cached generation, parameter and
+FLOP counts, config errors."""
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from model import GPT, GPTConfig, elu_linear_attention, elu_linear_step
+from model import ELU, GPT, Cache, GPTConfig, elu_linear_attention, elu_linear_step, window_linear_attention
 
 torch.manual_seed(0)
 
@@ -19,6 +20,22 @@ def tiny(**kw):
 
 
 ATTNS = ['standard', 'sd', 'linear', ['linear', 'sd', 'standard']]
+# every mixer: the trained types, trained windows (3; per layer 5, 0, 1), post-hoc windows with maps and gains
+MODELS = [dict(attn=a) for a in ATTNS] + [dict(attn='linear', linear_window=3),
+                                          dict(attn=['linear', 'sd', 'linear'], linear_window=[5, 0, 1]),
+                                          dict(attn=['sd', 'standard', 'linear'], post={0: 4, 1: 0})]
+
+
+def build(attn='standard', post=None, **kw):
+    """A tiny GPT; post: {layer: window} switched post hoc, every mixer parameter moved away from its init."""
+    model = GPT(tiny(attn=attn, **kw))
+    if post:
+        model.linearize(post, window=post)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if '.mixer.' in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
 
 
 @pytest.mark.parametrize('attn', ATTNS, ids=str)
@@ -61,7 +78,8 @@ def test_sd_generator_structure(rank, filt):
     M = (w['W_q'].transpose(1, 2) @ w['W_k']).double()
     W = w['W_k'].double()
     torch.testing.assert_close((M - M.transpose(1, 2)) / 2, W.transpose(1, 2) @ S.double() @ W)
-    torch.testing.assert_close((M + M.transpose(1, 2)) / 2, -W.transpose(1, 2) @ torch.diag_embed(D).double() @ W)
+    torch.testing.assert_close((M + M.transpose(1, 2)) / 2,
+                               -W.transpose(1, 2) @ torch.diag_embed(D).double() @ W)
     assert torch.linalg.eigvals(M).real.max() <= 1e-9
 
 
@@ -109,7 +127,7 @@ def test_post_hoc_linearization_reuses_the_layers_own_q_and_k(kind):
     idx = torch.randint(0, 96, (2, 21))
     before, _ = model(idx, idx)
     model.linearize([0, 2])
-    assert [a.linear for a in model.attention_layers()] == [True, False, True]
+    assert [a.mixer.name for a in model.attention_layers()] == ['elu', 'softmax', 'elu']
     attn = model.attention_layers()[0]
     x = torch.randn(2, 21, 32)
     q, k, v = attn.qkv(x)
@@ -122,14 +140,20 @@ def test_post_hoc_linearization_reuses_the_layers_own_q_and_k(kind):
 
 
 def test_linearize_keeps_trained_linear_layers_linear():
-    model = GPT(tiny(attn=['linear', 'sd', 'standard']))
-    model.linearize([2])
-    assert [a.linear for a in model.attention_layers()] == [True, False, True]
+    model = GPT(tiny(attn=['linear', 'sd', 'standard'], linear_window=[2, 0, 0]))
+    trained = model.attention_layers()[0].mixer
+    model.linearize([0, 2], window={2: 5})
+    assert [a.mixer.name for a in model.attention_layers()] == ['elu', 'softmax', 'elu']
+    assert model.attention_layers()[0].mixer is trained and model.attention_layers()[2].mixer.window == 5
+    assert trained.map_q is None and model.attention_layers()[2].mixer.map_q.shape == (2, 16, 16)
+    model.linearize([])
+    assert [a.mixer.name for a in model.attention_layers()] == ['elu', 'softmax', 'softmax']
+    assert set(model.state_dict()) == set(GPT(model.config).state_dict())   # the switch's parameters are gone
 
 
-@pytest.mark.parametrize('attn', ATTNS, ids=str)
-def test_cached_generation_equals_full_recompute(attn):
-    model = GPT(tiny(attn=attn, block_size=24)).eval()
+@pytest.mark.parametrize('kw', MODELS, ids=str)
+def test_cached_generation_equals_full_recompute(kw):
+    model = build(**kw, block_size=24)
     prompt = torch.randint(0, 96, (2, 5))
     out = model.generate(prompt, 40, top_k=1)   # greedy; runs past block_size (sliding window)
     idx = prompt
@@ -139,12 +163,12 @@ def test_cached_generation_equals_full_recompute(attn):
     assert torch.equal(out, idx)
 
 
-@pytest.mark.parametrize('attn', ATTNS, ids=str)
+@pytest.mark.parametrize('kw', MODELS, ids=str)
 @pytest.mark.parametrize('prompt_len', [1, 5])
-def test_generated_logits_equal_a_full_forward(attn, prompt_len):
+def test_generated_logits_equal_a_full_forward(kw, prompt_len):
     """Every logit generate() samples from equals a full forward of the window it saw: the prompt, the
-    one-token steps (k/v cache, ELU+1 state), and the re-encoded window past block_size."""
-    model = GPT(tiny(attn=attn, block_size=24)).eval()
+    one-token steps (k/v cache, ELU+1 state, window ring), and the re-encoded window past block_size."""
+    model = build(**kw, block_size=24)
     seen = []
     hook = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out[:, -1].clone()))
     out = model.generate(torch.randint(0, 96, (2, prompt_len)), 40, temperature=2.0)   # sampled, not greedy
@@ -166,7 +190,8 @@ class NewTensors(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
         new = [t.numel() for t in tree_leaves(out)
                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs]
         self.ops.append((func.overloadpacket.__name__, max(new, default=0)))
@@ -175,7 +200,7 @@ class NewTensors(TorchDispatchMode):
 
 def decode_step(model, context):
     """(ops of one decode step after `context` tokens, the cache)."""
-    cache = [dict(size=context + 1) for _ in range(model.config.n_layer)]
+    cache = [Cache(context + 1) for _ in range(model.config.n_layer)]
     idx = torch.randint(0, 96, (1, context + 1))
     with torch.no_grad():
         model(idx[:, :-1], cache=cache)
@@ -184,20 +209,34 @@ def decode_step(model, context):
     return log.ops, cache
 
 
-@pytest.mark.parametrize('attn', ATTNS, ids=str)
-def test_a_decode_step_copies_nothing_that_grows_with_the_context(attn):
-    model = GPT(tiny(attn=attn)).eval()
+@pytest.mark.parametrize('kw', MODELS, ids=str)
+def test_a_decode_step_copies_nothing_that_grows_with_the_context(kw):
+    model = build(**kw)
     short, _ = decode_step(model, 8)
     ops, cache = decode_step(model, 48)
     assert ops == short   # the same ops and new tensors at context 8 and 48: only the attention's read grows
     names = {name for name, _ in ops}
     assert 'cat' not in names and max(n for _, n in ops) < 48 * 32   # smaller than one layer's k cache
     for c, a in zip(cache, model.attention_layers()):
-        if a.linear:   # the recurrent step, not the chunked kernel
-            assert not names & {'cumsum', 'constant_pad_nd', 'tril'} and 'k' not in c
-            assert c['state'][0].shape == (1, 2, 16, 16)
+        assert c.n == 49
+        if a.mixer.name == 'elu':   # the recurrent step, not the chunked kernel; a ring of w keys
+            assert not names & {'cumsum', 'constant_pad_nd', 'tril', 'unfold'}
+            assert c.state[0].shape == (1, 2, 16, 16) and c.state[0].dtype == torch.float32
+            assert (c.k is None) if not a.mixer.window else c.k.shape == (1, 2, a.mixer.window, 16)
         else:          # the new token went into the preallocated buffer
-            assert c['n'] == 49 and c['k'].shape == (1, 2, 49, 16) and 'state' not in c
+            assert c.k.shape == (1, 2, 49, 16) and c.state is None
+
+
+def test_the_cache_protocol_is_one_prompt_then_one_token_at_a_time():
+    model = build(attn='linear', linear_window=2)
+    cache = [Cache(8) for _ in range(3)]
+    model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match='one prompt, then one token at a time'):
+        model(torch.zeros(1, 2, dtype=torch.long), cache=cache, pos=5)
+    for pos in (5, 6, 7):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache, pos=pos)
+    with pytest.raises(ValueError, match='within size=8'):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache, pos=8)
 
 
 def test_elu_linear_step_continues_the_chunked_form():
@@ -212,6 +251,91 @@ def test_elu_linear_step_continues_the_chunked_form():
         torch.testing.assert_close(a, b)
     y16, state16 = elu_linear_step(*(t[:, :, 12:].bfloat16() for t in (q, k, v)), state)
     assert y16.dtype == torch.bfloat16 and state16[0].dtype == torch.float32   # the state stays fp32
+
+
+def naive_window_attention(q, k, v, w, gain, fq=None, fk=None):
+    """O(T^2) float64: weight e^{q.k/sqrt(d)} on the last w tokens (the token itself included),
+    gain * phi(fq).phi(fk) on every earlier one, one normalisation."""
+    q, k, v, gain = (t.double() for t in (q, k, v, gain))
+    fq, fk = (q if fq is None else fq.double()), (k if fk is None else fk.double())
+    dist = torch.arange(q.size(2)).unsqueeze(1) - torch.arange(q.size(2))   # query position - key position
+    phi_q, phi_k = F.elu(fq) + 1, F.elu(fk) + 1
+    weights = ((q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))).exp() * ((dist >= 0) & (dist < w))
+               + gain.view(-1, 1, 1) * (phi_q @ phi_k.transpose(-1, -2)) * (dist >= w))
+    return weights / weights.sum(-1, keepdim=True) @ v
+
+
+@pytest.mark.parametrize('T', [1, 7, 16, 29, 64])
+def test_window_chunked_equals_naive(T):
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        q, k, v = (torch.randn(2, 3, T, 8, dtype=dtype) for _ in range(3))
+        fq, fk = (t @ (torch.eye(8, dtype=dtype) + 0.3 * torch.randn(3, 8, 8, dtype=dtype)) for t in (q, k))
+        gain = torch.rand(3, dtype=dtype) + 0.05
+        for w in (1, 2, 5, T, T + 7):
+            expected = naive_window_attention(q, k, v, w, gain, fq, fk)
+            for chunk in (4, 8, 64):
+                y, state = window_linear_attention(q, k, v, w, gain, chunk, fq, fk)
+                assert y.dtype == dtype
+                torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol)
+            # the state is the ELU+1 state of every token before the last w
+            _, past = elu_linear_attention(fq[:, :, :max(T - w, 1)], fk[:, :, :max(T - w, 1)],
+                                           v[:, :, :max(T - w, 1)], 4)
+            past = past[0] if T > w else torch.zeros_like(past[0])
+            torch.testing.assert_close(state[0], past, rtol=tol, atol=tol)
+        # without feature maps phi sees q and k; w = 1: the token itself by softmax, the earlier ones by ELU+1
+        torch.testing.assert_close(window_linear_attention(q, k, v, 1, gain, 8)[0].double(),
+                                   naive_window_attention(q, k, v, 1, gain), rtol=tol, atol=tol)
+
+
+def test_window_gradients_equal_naive():
+    q, k, v = (torch.randn(2, 3, 29, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    eye = torch.eye(8, dtype=torch.float64)
+    maps = [(eye + 0.3 * torch.randn(3, 8, 8, dtype=torch.float64)).requires_grad_() for _ in range(2)]
+    log_gain = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(2, 3, 29, 8, dtype=torch.float64)
+    grads = []
+    for f in (lambda *a: window_linear_attention(*a[:5], 8, *a[5:])[0], naive_window_attention):
+        (f(q, k, v, 5, log_gain.exp(), q @ maps[0], k @ maps[1]) * r).sum().backward()
+        grads.append([t.grad.clone() for t in (q, k, v, log_gain, *maps)])
+        for t in (q, k, v, log_gain, *maps):
+            t.grad = None
+    for a, b in zip(*grads):
+        assert b.abs().max() > 1e-3
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_window_of_at_least_T_is_softmax_attention():
+    torch.manual_seed(1)
+    soft = GPT(tiny(attn='standard', block_size=40)).eval()
+    idx = torch.randint(0, 96, (2, 40))
+    expected, _ = soft(idx, idx)
+    for w in (40, 1000):   # trained windowed ELU+1 layers with softmax's weights: every key is in the window
+        windowed = GPT(tiny(attn='linear', block_size=40, linear_window=w)).eval()
+        missing = windowed.load_state_dict(soft.state_dict(), strict=False).missing_keys
+        assert missing == [f'transformer.h.{i}.attn.mixer.log_gain' for i in range(3)]
+        torch.testing.assert_close(windowed(idx, idx)[0], expected, rtol=1e-5, atol=1e-5)
+    soft.linearize([0, 1, 2], window=40)   # post hoc, the maps and gain away from their init: still softmax
+    with torch.no_grad():
+        for p in soft.parameters():
+            if p.dim() == 1 and p.numel() == 2 or p.dim() == 3:
+                p.add_(torch.randn_like(p))
+    torch.testing.assert_close(soft(idx, idx)[0], expected, rtol=1e-5, atol=1e-5)
+    soft.linearize([0, 1, 2], window=39)   # one key leaves the window of the last query: only that changes
+    torch.testing.assert_close(soft(idx, idx)[0][:, :-1], expected[:, :-1], rtol=1e-5, atol=1e-5)
+    assert (soft(idx, idx)[0][:, -1] - expected[:, -1]).abs().max() > 1e-6
+    soft.linearize([0, 1, 2], window=20)
+    assert (soft(idx, idx)[0] - expected).abs().max() > 1e-4   # 20 times the tolerance above
+
+
+def test_window_mixer_errors():
+    attn = GPT(tiny()).attention_layers()[0]
+    for name, window in (('elu', -1), ('relu', 0), ('elu', 2.0)):
+        with pytest.raises(ValueError, match='the mixer is one of'):
+            attn.set_mixer(name, window)
+    assert isinstance(attn.mixer, torch.nn.Module) and attn.mixer.name == 'softmax'
+    with pytest.raises(ValueError, match='window'):
+        GPT(tiny()).linearize([0], window=-2)
+    assert ELU(2, 16, 8, 3).log_gain.exp().allclose(torch.full((2,), 1 / 16))   # the gain starts at 1/d_h
 
 
 def test_from_hf_gpt2_gives_the_same_logits():
@@ -246,6 +370,8 @@ def test_parameter_counts():
     assert sd.num_attention_params() == L * attn_sd
     low = GPT(tiny(attn='sd', sd_rank=2, sd_filter='scalar'))
     assert low.num_attention_params() == L * (attn_sd - h * d * d + 2 * h * d * 2 - h * d + h)
+    windowed = GPT(tiny(attn='linear', linear_window=[4, 0, 1]))   # a gain per head in each windowed layer
+    assert windowed.num_attention_params() == GPT(tiny(attn='linear')).num_attention_params() + 2 * h
     narrow = GPT(tiny(head_dim=[4, 8, 16]))
     assert narrow.num_attention_params() == sum(4 * n * (h * hd) + 3 * h * hd + n for hd in (4, 8, 16))
 
@@ -258,6 +384,10 @@ def test_flops_per_token_matches_nanogpt_formula_for_standard_attention():
     assert sd.flops_per_token(T) < model.flops_per_token(T)   # no key projection
     linear = GPT(tiny(attn='linear', block_size=4096))
     assert linear.flops_per_token(4096) < GPT(tiny(block_size=4096)).flops_per_token(4096)
+    windowed = GPT(tiny(attn='linear', block_size=4096, linear_window=32))   # band: 4 (C + w - 1) d
+    gains = 6 * L * H   # the gains count as parameters
+    band = 12 * L * H * (8 + 31) * Q
+    assert windowed.flops_per_token(T) - GPT(tiny(attn='linear')).flops_per_token(T) == gains + band
 
 
 @pytest.mark.parametrize('kw,message', [
@@ -267,6 +397,8 @@ def test_flops_per_token_matches_nanogpt_formula_for_standard_attention():
     (dict(sd_filter='full'), "sd_filter='full'"),
     (dict(norm='rms'), "norm='rms'"),
     (dict(head_dim=0), 'head_dim entries must be positive'),
+    (dict(linear_window=-1), 'linear_window entries must be ints >= 0, got -1'),
+    (dict(linear_window=[0, 2.5, 0]), 'linear_window entries must be ints >= 0, got 2.5'),
     (dict(n_embd=31), 'not divisible'),
 ])
 def test_config_errors(kw, message):

@@ -1,4 +1,5 @@
-"""The no-LayerNorm path (README: training without LayerNorm): the embedding multiplier, the 'final' reading."""
+"""The no-LayerNorm path (README: training without LayerNorm): the embedding multiplier, the 'final'
+reading."""
 import math
 from dataclasses import asdict
 
@@ -13,7 +14,8 @@ def tiny(**kw):
     return GPTConfig(**(dict(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, attn='sd') | kw))
 
 
-@pytest.mark.parametrize('norm, scale', [('none', math.sqrt(32)), ('final', math.sqrt(32)), ('layernorm', 1.0)])
+@pytest.mark.parametrize('norm, scale', [('none', math.sqrt(32)), ('final', math.sqrt(32)),
+                                         ('layernorm', 1.0)])
 def test_embedding_enters_the_residual_stream_scaled(norm, scale):
     model = GPT(tiny(norm=norm)).eval()
     assert model.config.emb_scale == scale
@@ -40,7 +42,8 @@ def test_an_explicit_scale_wins_and_is_saved(tmp_path):
 
 def test_checkpoints_from_before_the_multiplier_load_unscaled(tmp_path):
     model = GPT(tiny(norm='none', emb_scale=1.0)).eval()
-    args = {k: v for k, v in asdict(model.config).items() if k != 'emb_scale'}   # as saved before emb_scale existed
+    # as saved before emb_scale existed
+    args = {k: v for k, v in asdict(model.config).items() if k != 'emb_scale'}
     torch.save({'model': model.state_dict(), 'model_args': args}, tmp_path / 'old.pt')
     loaded = GPT.from_checkpoint(str(tmp_path / 'old.pt'))[0].eval()
     idx = torch.randint(65, (1, 16))

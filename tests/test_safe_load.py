@@ -28,7 +28,8 @@ def evil(tmp_path):
     out, marker = tmp_path / 'evil', tmp_path / 'marker'
     out.mkdir()
     torch.save({'model': GPT(config).state_dict(), 'model_args': asdict(config), 'iter_num': 1,
-                'best_val_loss': 9.0, 'optimizer': {}, 'config': {}, 'note': Payload(marker)}, out / 'ckpt.pt')
+                'best_val_loss': 9.0, 'optimizer': {}, 'config': {}, 'note': Payload(marker)},
+               out / 'ckpt.pt')
     return out, marker
 
 
@@ -41,8 +42,8 @@ def test_every_entry_point_refuses_a_code_carrying_checkpoint(entry, evil, tiny_
                       '--device=cpu', '--compile=False'],
             'sample': ['sample.py', f'--out_dir={out}', '--device=cpu'],
             'analyze': ['analyze.py', '--ckpt', ckpt, '--out_dir', str(tmp_path / 'an')],
-            'linearize': ['linearize.py', '--ckpt', ckpt, '--data_root', tiny_data, '--dataset=tiny', '--device=cpu',
-                          '--out_dir', str(tmp_path / 'lin')]}[entry]
+            'linearize': ['linearize.py', '--ckpt', ckpt, '--data_root', tiny_data, '--dataset=tiny',
+                          '--device=cpu', '--out_dir', str(tmp_path / 'lin')]}[entry]
     r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and r.stderr.startswith('error:'), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and 'can run code' in r.stderr, r.stderr

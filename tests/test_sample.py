@@ -12,7 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_sample(*args):
-    return subprocess.run([sys.executable, 'sample.py', *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, 'sample.py', *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_sample_continues_the_prompt(tmp_path):

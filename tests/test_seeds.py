@@ -1,5 +1,5 @@
-"""Several seeds of one arm (folders NAME_s<seed>): runs.py, analyze.py and linearize.py report mean ± std over
-seeds, computed from the per-seed numbers they also report."""
+"""Several seeds of one arm (folders NAME_s<seed>): runs.py, analyze.py and linearize.py report mean ± std
+over seeds, computed from the per-seed numbers they also report."""
 import csv
 import json
 import math
@@ -22,8 +22,8 @@ def save(path, config, seed):
     os.makedirs(path, exist_ok=True)
     torch.manual_seed(seed)
     model = GPT(config)
-    torch.save({'model': model.state_dict(), 'model_args': asdict(config), 'iter_num': 0, 'best_val_loss': 9.9,
-                'config': {'dataset': 'tiny'}}, os.path.join(path, 'ckpt.pt'))
+    torch.save({'model': model.state_dict(), 'model_args': asdict(config), 'iter_num': 0,
+                'best_val_loss': 9.9, 'config': {'dataset': 'tiny'}}, os.path.join(path, 'ckpt.pt'))
 
 
 @pytest.fixture(scope='module')
@@ -39,11 +39,13 @@ def seeds(tmp_path_factory):
 
 
 def test_arm_of():
-    assert runs.arm_of('sd_none_s12') == 'sd_none' and runs.arm_of('sd_s1x') == 'sd_s1x' and runs.arm_of('a') == 'a'
+    assert runs.arm_of('sd_none_s12') == 'sd_none' and runs.arm_of('sd_s1x') == 'sd_s1x' \
+        and runs.arm_of('a') == 'a'
 
 
 def test_mean_std_nan_in_nan_out():
-    assert runs.mean_std([1.0, 3.0]) == (2.0, statistics.stdev([1.0, 3.0])) and math.isnan(runs.mean_std([2.0])[1])
+    assert runs.mean_std([1.0, 3.0]) == (2.0, statistics.stdev([1.0, 3.0])) \
+        and math.isnan(runs.mean_std([2.0])[1])
     assert all(math.isnan(v) for xs in ([1.0, math.nan], [math.nan], []) for v in runs.mean_std(xs))
 
 
@@ -55,7 +57,8 @@ def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
         lines = [{'iter': 0, 'val_loss': 4.0}, {'iter': 9, 'loss': 3.0, 'tokens_per_s': 1000.0},
                  {'iter': last, 'val_loss': final}]
         (tmp_path / name / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
-    rows = {r['arm']: r for r in runs.main([str(tmp_path / n) for n in finals] + ['--out_dir', str(tmp_path / 'o')])}
+    rows = {r['arm']: r
+            for r in runs.main([str(tmp_path / n) for n in finals] + ['--out_dir', str(tmp_path / 'o')])}
     assert rows['a']['seeds'] == 3 and rows['a']['val_loss'] == pytest.approx(1.55)
     assert rows['a']['std'] == pytest.approx(statistics.stdev([1.50, 1.60, 1.55]))
     assert rows['b']['seeds'] == 1 and rows['b']['val_loss'] == 2.0
@@ -86,7 +89,8 @@ def test_tradeoff_is_attention_share_and_ppl_change_against_the_baseline(tmp_pat
 
 def test_analyze_arms_are_mean_and_std_of_the_seeds(seeds):
     out = seeds / 'an'
-    analyze.main(['--ckpt', *(str(seeds / n) for n in ('sd_s1', 'sd_s2', 'sd_s3', 'std_s1')), '--out_dir', str(out)])
+    analyze.main(['--ckpt', *(str(seeds / n) for n in ('sd_s1', 'sd_s2', 'sd_s3', 'std_s1')),
+                  '--out_dir', str(out)])
     summary = json.loads((out / 'summary.json').read_text())
     assert list(summary['arms']) == ['sd']   # std has one seed: no arm entry
     arm = summary['arms']['sd']
@@ -95,7 +99,8 @@ def test_analyze_arms_are_mean_and_std_of_the_seeds(seeds):
         rows = [r for r in csv.DictReader(f) if r['level'] == 'weight']
     for metric in ('routing_erank', 'd_scalarness'):
         for layer in range(3):
-            per_seed = [statistics.mean(float(r[metric]) for r in rows if r['model'] == m and int(r['layer']) == layer)
+            per_seed = [statistics.mean(float(r[metric]) for r in rows
+                                        if r['model'] == m and int(r['layer']) == layer)
                         for m in arm['seeds']]
             # heads.csv keeps 8 digits
             assert arm['weight'][metric]['mean'][layer] == pytest.approx(statistics.mean(per_seed), rel=1e-5)
@@ -104,7 +109,8 @@ def test_analyze_arms_are_mean_and_std_of_the_seeds(seeds):
 
 def test_linearize_arms_are_mean_and_std_of_the_seeds(seeds, capsys):
     out = seeds / 'lin'
-    rows = linearize.main(['--ckpt', *(str(seeds / n / 'ckpt.pt') for n in ('sd_s1', 'sd_s2', 'sd_s3', 'std_s1')),
+    rows = linearize.main(['--ckpt',
+                           *(str(seeds / n / 'ckpt.pt') for n in ('sd_s1', 'sd_s2', 'sd_s3', 'std_s1')),
                            '--data_root', str(seeds / 'data'), '--num_batches', '2', '--batch_size', '4',
                            '--device', 'cpu', '--out_dir', str(out)])
     with open(out / 'linearize_arms.csv') as f:

@@ -1,5 +1,5 @@
 """Tests for train.py (issue #6, and the training part of #2): tiny CPU runs in subprocesses.
-Smoke runs of every attention kind, exact resume, SIGKILL safety, SIGINT/SIGTERM, NaN stop, one-line
+Smoke runs of every attention kind, exact resume, SIGKILL safety, SIGINT/SIGTERM, spikes in a row, one-line
 errors on bad input, DDP (gloo) against one process, deterministic evaluation, the 125M parameter count."""
 import json
 import os
@@ -50,8 +50,8 @@ def finish(p, ok=True, timeout=180):
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-def train(data_root, out_dir, *args, ok=True, **kw):
-    return finish(start(data_root, out_dir, *args, **kw), ok)
+def train(data_root, out_dir, *args, ok=True, timeout=180, **kw):
+    return finish(start(data_root, out_dir, *args, **kw), ok, timeout)
 
 
 def read_log(out_dir):
@@ -213,21 +213,31 @@ def mtime(path):
         return 0
 
 
-# ------------------------------------------------------------------------------ NaN
+# ------------------------------------------------------------------------------ NaN: spikes in a row
 
-def test_nan_loss_stops_and_keeps_the_good_checkpoint(smoke, tiny_data, tmp_path):
+def test_spikes_in_a_row_stop_and_keep_the_good_checkpoint(smoke, tiny_data, tmp_path):
+    """Resumed with a huge learning rate, every try from the last good state diverges: two go back to it
+    (skipping the batches), the third (max_spikes) stops with one line; the checkpoint is the one resumed
+    from, byte for byte, and the log holds the three spikes."""
     out = tmp_path / 'out'
     shutil.copytree(smoke['standard'][0], out)
     before = (out / 'ckpt.pt').read_bytes()
-    # resume a good checkpoint with a huge learning rate; the first check of the losses is just before
-    # the final save (no log line or evaluation before it)
+    # the first check of the losses is at the end (no log line or evaluation before it)
     r = train(tiny_data, out, *EXACT, '--init_from=resume', f'--max_iters={4 * N}', '--log_interval=100',
-              '--eval_interval=100', '--warmup_iters=0', '--learning_rate=1e6', '--min_lr=1e6', ok=False)
+              '--eval_interval=100', '--warmup_iters=0', '--learning_rate=1e6', '--min_lr=1e6', ok=False,
+              timeout=600)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: the loss became NaN or inf at iteration '), r.stderr
-    assert 2 * N <= int(re.search(r'at iteration (\d+)', lines[0]).group(1)) < 4 * N
-    assert 'keeps the last good state' in lines[0]
+    m = re.fullmatch(r'error: 3 loss spikes in a row, the last at iteration (\d+) \(.+\): lower '
+                     r'learning_rate \(now 1e\+06\) or set logit_softcap; (\S+) keeps the last good state '
+                     r'\(iteration 10\)',
+                     lines[-1])
+    assert len(lines) == 1 and m, r.stderr
+    assert 2 * N <= int(m.group(1)) < 4 * N and m.group(2) == str(out / 'ckpt.pt')
+    back = rf'^spike at iteration \d+ \(.+\): back to iteration {2 * N}, skipping \d+ batches \(\d in a row\)'
+    assert len(re.findall(back, r.stdout, re.M)) == 2, r.stdout
+    spikes = [(e['iter'], e['in_a_row']) for e in read_log(out) if 'spike_iter' in e]
+    assert spikes == [(2 * N, 1), (2 * N, 2), (2 * N, 3)]
     assert (out / 'ckpt.pt').read_bytes() == before
     assert not (out / 'ckpt.pt.tmp').exists()
 
