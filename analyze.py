@@ -337,7 +337,8 @@ def make_figures(rows, summary):
     from matplotlib.figure import Figure
     models, arms = summary['models'], summary['arms']
     levels = [lv for lv in LEVELS if any(lv in m for m in models.values())]
-    curves = [(f"{a} ({len(st['seeds'])} seeds)", st, models[st['seeds'][0]]) for a, st in arms.items()]
+    curves = [(f"{arm_label(a)} ({len(st['seeds'])} seeds)", st, models[st['seeds'][0]])
+              for a, st in arms.items()]
     curves += [(name, m, m) for name, m in models.items() if arm_of(name) not in arms]
     figs = {}
     for fname, metric, label in (('cascade.png', 'routing_erank', 'routing erank (skew; dashed: capacity)'),

@@ -62,3 +62,22 @@ def tiny_data(tmp_path_factory, tiny_text):
     ids, vocab = tokenize(tiny_text)
     write_dataset(root, 'tiny', ids, vocab)
     return root
+
+
+def train_defaults():
+    """train.py's defaults, the dict its configurator checks config files against: GPTConfig's fields
+    (train.py takes them all but vocab_size, block_size) and its literal assignments."""
+    import ast
+    from dataclasses import fields
+
+    from model import GPTConfig
+    with open(os.path.join(REPO, 'train.py')) as f:
+        tree = ast.parse(f.read())
+    out = {f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'block_size')}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out

@@ -1,7 +1,6 @@
 """Offline tests for analyze.py: fast kernel metrics (also with rotations) vs the full-matrix computation,
 GPT-2 / BERT weights, data level vs hooked q and k, S−D heads, the CLI end to end and its one-line errors
 (every transformers family: test_hf_families.py)."""
-import ast
 import csv
 import json
 import math
@@ -9,7 +8,7 @@ import os
 import subprocess
 import sys
 import types
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import analyze  # noqa: E402
 from configurator import configure  # noqa: E402
+from conftest import train_defaults  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 transformers = pytest.importorskip('transformers')
@@ -198,21 +198,6 @@ def test_sd_heads():
 
 # -----------------------------------------------------------------------------
 # CLI
-
-def train_defaults():
-    """train.py's defaults, the dict its configurator checks config files against: GPTConfig's fields
-    (train.py takes them all but vocab_size, block_size) and its literal assignments."""
-    with open(os.path.join(REPO, 'train.py')) as f:
-        tree = ast.parse(f.read())
-    out = {f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'block_size')}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                out[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    return out
-
 
 def save_ckpt(path, config):
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -1,5 +1,4 @@
 """Tests for linearize.py and the hybrid / cascade configs: CPU, tiny models, real GPT-2 tokens."""
-import ast
 import csv
 import json
 import math
@@ -19,6 +18,7 @@ import data  # noqa: E402
 import linearize  # noqa: E402
 import prepare  # noqa: E402
 from configurator import configure  # noqa: E402
+from conftest import train_defaults  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 TEXT = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare.txt')
@@ -52,15 +52,7 @@ MODEL_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout', 'n
 def model_args(name):
     """The GPTConfig arguments train.py builds from config/A.py config/B.py ... for NAME = 'A+B+...': its
     literal defaults (read from train.py) updated by the config files."""
-    with open(os.path.join(REPO, 'train.py')) as f:
-        body = ast.parse(f.read()).body
-    defaults = {'device': 'cpu', 'dtype': 'float32'}
-    for node in body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                defaults[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:   # not a literal: not a config key
-                pass
+    defaults = train_defaults() | {'device': 'cpu', 'dtype': 'float32'}
     configure(defaults, [os.path.join(REPO, 'config', part + '.py') for part in name.split('+')])
     return {k: defaults[k] for k in MODEL_KEYS} | {'vocab_size': 65 if 'quick' in name else 50304}
 
@@ -177,16 +169,21 @@ def test_k0_reproduces_val_loss_and_k_max_is_all_linear(tmp_path, data_root, ckp
             model.linearize(range(2))
             assert all(a.mixer.name == 'elu' for a in model.attention_layers())
             all_linear = sum(model(x, y)[1].item() for x, y in batches) / 2
+            for a in model.attention_layers():   # attention removed: every output projection zeroed
+                torch.nn.init.zeros_(a.c_proj.weight)
+            no_attn = sum(model(x, y)[1].item() for x, y in batches) / 2
         for order in ('first', 'last'):
             rs = [r for r in rows if r['ckpt'] == path and r['order'] == order]
             assert [r['k'] for r in rs] == [0, 1, 2]
             assert rs[0]['val_loss'] == own and rs[0]['delta_pct'] == 0.0 and rs[0]['layers'] == ''
             assert rs[2]['val_loss'] == all_linear and rs[2]['layers'] == '0;1'
             assert rs[1]['layers'] == ('0' if order == 'first' else '1')
+            assert all(abs(r["no_attn_loss"] - no_attn) < 1e-6 for r in rs) and no_attn != own
         assert own != all_linear
     table = read_csv(tmp_path)
     assert len(table) == 2 * 2 * 3   # ckpts x orders x k
-    assert list(table[0]) == ['ckpt', 'order', 'k', 'layers', 'windows', 'val_loss', 'ppl', 'delta_pct']
+    assert list(table[0]) == ['ckpt', 'order', 'k', 'layers', 'windows', 'val_loss', 'ppl', 'delta_pct',
+                              'no_attn_loss']
     assert [r['windows'] for r in table[:3]] == ['', '0', '0;0']
     for r in table:
         assert math.isclose(float(r['ppl']), math.exp(float(r['val_loss'])), rel_tol=1e-5)
@@ -251,7 +248,7 @@ def test_finetune_heals_and_restores_weights(tmp_path, data_root, ckpts):
     healed = run(tmp_path, data_root, '--ckpt', ckpts['std'], '--order', 'last', '--finetune_iters', '2')
     assert [r['val_loss'] for r in healed] == [r['val_loss'] for r in plain]   # weights restored each time
     table = read_csv(tmp_path)
-    assert list(table[0])[-3:] == ['ft_val_loss', 'ft_ppl', 'ft_delta_pct']
+    assert list(table[0])[-4:-1] == ['ft_val_loss', 'ft_ppl', 'ft_delta_pct']
     assert all(math.isfinite(float(r['ft_val_loss'])) for r in table)
     assert healed[0]['ft_val_loss'] != healed[0]['val_loss'] and healed[0]['ft_delta_pct'] == 0.0
 

@@ -125,7 +125,8 @@ def test_training_smoke_loss_falls(smoke, name):
     assert all(np.isfinite(r['loss']) for r in train_lines(out_dir))
     assert [r['iter'] for r in train_lines(out_dir)] == list(range(2 * N))   # every iteration, the last too
     # stdout is a pipe, not a terminal: no progress bar, one line per log_interval instead
-    assert [int(i) for i in re.findall(r'^iter (\d+): loss [\d.]+, lr [\d.e-]+, [\d,]+ tokens/s', stdout, re.M)] \
+    logged = r'^iter (\d+): loss [\d.]+, lr [\d.e-]+, [\d,]+ tokens/s'
+    assert [int(i) for i in re.findall(logged, stdout, re.M)] \
         == list(range(2 * N))
     assert ckpt_iter(out_dir) == 2 * N
 
@@ -147,7 +148,7 @@ def test_exact_resume_and_deterministic_evaluation(smoke, tiny_data, tmp_path):
     assert trajectory(out) == trajectory(straight)   # losses, LR and evaluations, bitwise
     a = torch.load(out / 'ckpt.pt', weights_only=True)   # a real checkpoint needs nothing but the safe loader
     b = torch.load(os.path.join(straight, 'ckpt.pt'), weights_only=True)
-    assert a['iter_num'] == b['iter_num'] == 2 * N and a['chars'] is None   # GPT-2 BPE: no character vocabulary
+    assert a['iter_num'] == b['iter_num'] == 2 * N and a['chars'] is None   # GPT-2 BPE: no characters
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in b['model'])
 
 
@@ -187,7 +188,8 @@ def test_sigkill_at_random_moments_and_during_saves(tiny_data, tmp_path):
     rng = random.Random(0)
     last, last_mtime, mid_save = 0, 0, 0
     for round, how in enumerate(('save', 'random', 'save')):
-        p = start(tiny_data, out, *big, '--max_iters=100000', f'--init_from={"resume" if round else "scratch"}')
+        init = 'resume' if round else 'scratch'
+        p = start(tiny_data, out, *big, '--max_iters=100000', f'--init_from={init}')
         if how == 'save':   # a save of this run has finished (so no stale .tmp is left); kill in the next one
             wait_for(p, lambda: mtime(ckpt) > last_mtime)
             wait_for(p, tmp.exists, interval=0.001)
@@ -272,7 +274,8 @@ BAD = [
     ('unknown attention', ['--attn=softmax'], "attn='softmax' is not one of", None),
     ('per-layer list length', ["--attn=['sd','sd','linear']"], "attn has 3 entries but n_layer=2", None),
     ('config file missing', ['config/nope.py'], "cannot read config file config/nope.py.*config/", None),
-    ('resume other shape', ['--init_from=resume', '--n_embd=64'], "settings differ.*n_embd=64 vs saved 32", 'copy'),
+    ('resume other shape', ['--init_from=resume', '--n_embd=64'], "settings differ.*n_embd=64 vs saved 32",
+     'copy'),
     ('resume bad attention', ['--init_from=resume', '--attn=fast'], "attn='fast' is not one of", 'copy'),
     ('truncated checkpoint', ['--init_from=resume'], "not a readable train.py checkpoint", truncate),
     ('corrupt checkpoint', ['--init_from=resume'], "not a readable train.py checkpoint", corrupt),
@@ -312,7 +315,8 @@ def torchrun(data_root, out_dir, *args):
 
 
 def test_ddp_matches_one_process_and_resumes(tiny_data, tmp_path):
-    args = ['--gradient_accumulation_steps=2', '--dropout=0.0', f'--lr_decay_iters={2 * N}', '--eval_interval=4']
+    args = ['--gradient_accumulation_steps=2', '--dropout=0.0', f'--lr_decay_iters={2 * N}',
+            '--eval_interval=4']
     single = start(tiny_data, tmp_path / 'single', *args, f'--max_iters={2 * N}')
     torchrun(tiny_data, tmp_path / 'ddp', *args, f'--max_iters={N}')
     assert ckpt_iter(tmp_path / 'ddp') == N
@@ -335,7 +339,8 @@ def test_sd_125m_config_builds_and_counts_parameters(tiny_text, tmp_path):
     r = subprocess.run([sys.executable, TRAIN, 'config/sd_125m.py', '--device=cpu', '--compile=False',
                         '--max_iters=1', '--batch_size=1', f'--data_root={tmp_path}', '--dataset=gpt2vocab',
                         f'--out_dir={tmp_path / "out"}', '--eval_iters=1', '--gradient_accumulation_steps=1',
-                        '--block_size=64', '--dtype=float32'], cwd=REPO, capture_output=True, text=True, timeout=300)
+                        '--block_size=64', '--dtype=float32'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     with torch.device('meta'):   # the count from the model code: S−D, no LayerNorm, 12 x 768
         expected = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, attn='sd', norm='none', bias=False,
