@@ -62,6 +62,7 @@ def test_no_norm_path_has_no_layernorm():
 
 @pytest.mark.parametrize('rank,filt', [(None, 'diag'), (3, 'diag'), (None, 'scalar')])
 def test_sd_generator_structure(rank, filt):
+    torch.manual_seed(0)
     attn = GPT(tiny(attn='sd', sd_rank=rank, sd_filter=filt)).attention_layers()[0]
     with torch.no_grad():
         attn.sd_delta.normal_()   # away from the initial all-equal filter
@@ -80,7 +81,8 @@ def test_sd_generator_structure(rank, filt):
     torch.testing.assert_close((M - M.transpose(1, 2)) / 2, W.transpose(1, 2) @ S.double() @ W)
     torch.testing.assert_close((M + M.transpose(1, 2)) / 2,
                                -W.transpose(1, 2) @ torch.diag_embed(D).double() @ W)
-    assert torch.linalg.eigvals(M).real.max() <= 1e-9
+    # Re(λ) ≤ 0 up to float32 rounding: M is a float32 product (rank ≤ d_h, the zero eigenvalues are noise)
+    assert torch.linalg.eigvals(M).real.max() <= 1e-6 * M.abs().max()
 
 
 def test_sd_folded_sdpa_equals_explicit_scores():
