@@ -23,7 +23,7 @@ from tqdm import tqdm
 import data
 from model import GPT
 from runs import arm_of, mean_std, run_name
-from runs import label as arm_label
+from runs import label as arm_label  # analyze.py has its own `label` variables
 
 # Singular values below REL_TOL * ||M||_F count as zero: float32 weights and activations resolve M only to
 # about 1e-7 of its norm, and the float64 computation below resolves it to ~1e-8 or better.
