@@ -1,12 +1,15 @@
 """Files on disk: the token files prepare.py writes (data/<dataset>/{train,val}.bin, uint16, and meta.json),
-the tokenizers that turn text into those ids and back (codec), and the one way every script writes its
-outputs (csv_text, write_files: all or nothing)."""
+the tokenizers that turn text into those ids and back (codec), run folders (their names, arms and labels; mean
+± std over seeds) and the one way every script writes its outputs (csv_text, write_files: all or nothing)."""
 import csv
 import functools
 import importlib.metadata
 import io
 import json
+import math
 import os
+import re
+import statistics
 
 import numpy as np
 import torch
@@ -105,6 +108,36 @@ def get_batch(data, batch_size, block_size, seed):
     ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window
     w = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def arm_of(name):
+    """The arm of a run, checkpoint or model name: without a trailing _s<seed>."""
+    return re.sub(r'_s\d+$', '', name)
+
+
+def run_name(path):
+    """The name of a run from its out_dir or its ckpt.pt: the folder's name."""
+    path = os.path.abspath(path)
+    return os.path.basename(os.path.dirname(path) if path.endswith('.pt') else path)
+
+
+LABELS = {'sd': 'S−D, no LN (×√d)', 'sd_emb1': 'S−D, no LN, GPT-2 init', 'std': 'standard + LN',
+          'std_nonorm': 'standard, no LN (×√d)', 'sd_ln': 'S−D + LN',
+          'sd_scalar': 'S−D, no LN, one D per head', 'hybrid_sd': 'S−D, ELU+1 in the first third',
+          'hybrid_std': 'standard + LN, ELU+1 in the first third',
+          'cascade_width': 'S−D cascade widths, GPT-2 init', 'cascade_rank': 'S−D cascade ranks, GPT-2 init'}
+
+
+def label(name):
+    """An arm's (or run's) name in words for figures: 'd6_sd_emb1_s2' -> 'S−D, no LN, GPT-2 init'."""
+    arm = arm_of(name)
+    return LABELS.get(re.sub(r'^(ln|d6|sub12|char)_', '', arm), arm)
+
+
+def mean_std(xs):
+    """Mean and sample std (nan for one value); nan in or no values: nan out."""
+    ok = len(xs) > 1 and not any(map(math.isnan, xs))   # statistics.stdev raises on nan
+    return statistics.mean(xs) if xs else math.nan, statistics.stdev(xs) if ok else math.nan
 
 
 def csv_text(rows, columns):

@@ -1,14 +1,13 @@
 """Compare training runs across seeds (folders NAME_s<seed> of arm NAME): final val loss mean ± std over the
 seeds that reached the last iteration, parameters, attention parameters, tokens/s; val-loss curves with ± std
-bands; with --vs, ΔPPL vs attention parameters against a baseline arm. Each folder: train.py's log.jsonl (and
-ckpt.pt, for counts).
+bands; with --vs, ΔPPL vs attention parameters against a baseline arm. Each folder: train.py's log.jsonl
+(parameter counts: its first record; '-' for logs from before they were written).
     python runs.py out/exp/*  [--out_dir docs]  [--vs ARM=BASELINE ...]
         # --out_dir: runs.csv, .png, tradeoff.png"""
 import argparse
 import json
 import math
 import os
-import re
 import statistics
 import sys
 from collections import defaultdict
@@ -16,49 +15,19 @@ from collections import defaultdict
 import numpy as np
 
 import data
-from model import GPT
-
-
-def arm_of(name):
-    """The arm of a run, checkpoint or model name: without a trailing _s<seed>."""
-    return re.sub(r'_s\d+$', '', name)
-
-
-def run_name(path):
-    """The name of a run from its out_dir or its ckpt.pt: the folder's name."""
-    path = os.path.abspath(path)
-    return os.path.basename(os.path.dirname(path) if path.endswith('.pt') else path)
-
-
-LABELS = {'sd': 'S−D, no LN (×√d)', 'sd_emb1': 'S−D, no LN, GPT-2 init', 'std': 'standard + LN',
-          'std_nonorm': 'standard, no LN (×√d)', 'sd_ln': 'S−D + LN',
-          'sd_scalar': 'S−D, no LN, one D per head', 'hybrid_sd': 'S−D, ELU+1 in the first third',
-          'hybrid_std': 'standard + LN, ELU+1 in the first third',
-          'cascade_width': 'S−D cascade widths, GPT-2 init', 'cascade_rank': 'S−D cascade ranks, GPT-2 init'}
-
-
-def label(name):
-    """An arm's (or run's) name in words for figures: 'd6_sd_emb1_s2' -> 'S−D, no LN, GPT-2 init'."""
-    arm = arm_of(name)
-    return LABELS.get(re.sub(r'^(ln|d6|sub12|char)_', '', arm), arm)
-
-
-def mean_std(xs):
-    """Mean and sample std (nan for one value); nan in or no values: nan out."""
-    ok = len(xs) > 1 and not any(map(math.isnan, xs))   # statistics.stdev raises on nan
-    return statistics.mean(xs) if xs else math.nan, statistics.stdev(xs) if ok else math.nan
+from data import arm_of, label, mean_std, run_name
 
 
 def read_run(path):
-    """{'evals': [(iter, val_loss)], 'tokens_per_s': median, 'params', 'attn_params': n or None} of a run
-    folder."""
+    """{'evals': [(iter, val_loss)], 'tokens_per_s': median, 'params', 'attn_params': as train.py logged them,
+    or None} of a run folder."""
     with open(os.path.join(path, 'log.jsonl')) as f:
         log = [json.loads(line) for line in f]
-    speeds = [r['tokens_per_s'] for r in log if 'tokens_per_s' in r and 'val_loss' not in r] or [math.nan]
-    model = GPT.from_checkpoint(path)[0] if os.path.exists(os.path.join(path, 'ckpt.pt')) else None
+    speeds = [r['tokens_per_s'] for r in log if 'tokens_per_s' in r]
+    counts = next((r for r in log if 'params' in r), {})
     return dict(evals=[(r['iter'], r['val_loss']) for r in log if 'val_loss' in r],
-                tokens_per_s=statistics.median(speeds), params=model and model.num_params(),
-                attn_params=model and model.num_attention_params())
+                tokens_per_s=statistics.median(speeds or [math.nan]), params=counts.get('params'),
+                attn_params=counts.get('attn_params'))
 
 
 def figures(rows, last, vs):
@@ -124,7 +93,8 @@ def main(argv=None):
         a, b = rows[arm], rows[base]
         a['dppl'], a['dppl_std'] = mean_std([100 * math.expm1(r['evals'][-1][1] - b['val_loss'])
                                              for r in a['done']])
-        a.update(vs=base, attn_pct=100 * a['attn_params'] / b['attn_params'],
+        a.update(vs=base, attn_pct=100 * a['attn_params'] / b['attn_params'] if a['attn_params'] and
+                 b['attn_params'] else math.nan,
                  base_std=100 * math.expm1(b['std']) if b['seeds'] > 1 else 0.0)
     rows = sorted(rows.values(), key=lambda r: (math.isnan(r['val_loss']), r['val_loss']))
     print(f"{'arm':<28} {'seeds':>5} {f'val loss @ {last}':>18} {'params':>8} {'attn':>8} {'tokens/s':>9}")

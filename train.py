@@ -34,7 +34,7 @@ eval_only = False                   # evaluate once; train and save nothing
 init_from = 'scratch'               # 'scratch' | 'resume' | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
 # data
 dataset = 'openwebtext'             # data_root/dataset/{train,val}.bin and meta.json, from prepare.py
-data_root = 'data'
+data_root = 'data'                  # where prepare.py wrote the datasets
 gradient_accumulation_steps = 40    # global: divided among DDP processes
 batch_size = 12                     # micro-batch per process
 block_size = 1024                   # context length
@@ -45,8 +45,8 @@ bias = False                        # biases in Linear layers and LayerNorms (GP
 learning_rate = 6e-4                # the peak, after warmup
 max_iters = 600000                  # total iterations
 weight_decay = 1e-1                 # on matrices only
-beta1 = 0.9
-beta2 = 0.95
+beta1 = 0.9                         # AdamW's momentum
+beta2 = 0.95                        # AdamW's second-moment decay
 grad_clip = 1.0                     # clip the gradient norm at this value; 0: off
 warmup_iters = 2000                 # linear warmup
 lr_decay_iters = 0                  # cosine decay to min_lr until this iteration; 0: max_iters
@@ -56,9 +56,9 @@ spike_factor = 2.0                  # 0: NaN/inf only
 good_interval = 100                 # iterations between in-memory copies of the last good state to go back to
 max_spikes = 3                      # this many spikes in a row (no new good state between them) stop the run
 # system
-seed = 1337
-device = 'cuda' if torch.cuda.is_available() else 'cpu'
-dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
+seed = 1337                         # seeds the weights, the batches and dropout
+device = 'cuda' if torch.cuda.is_available() else 'cpu'   # 'cpu', 'cuda', 'cuda:1', ...
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'   # autocast
 compile = True                      # torch.compile the model
 deterministic = False               # bitwise-reproducible kernels (slower)
 peak_flops = 989e12                 # for MFU: H100 SXM dense bf16; measure yours with bench.py
@@ -278,7 +278,7 @@ def log(record, below=None, spikes=False):
     spike records), and a last line cut short by a kill (it has no newline)."""
     if below is not None:
         lines = []
-        if below and os.path.exists(log_path):
+        if os.path.exists(log_path):
             with open(log_path) as f:
                 lines = [line for line in f if line.endswith('\n') and (json.loads(line)['iter'] < below or
                                                                          spikes and '"spike_iter"' in line)]
@@ -341,15 +341,17 @@ stop_signal = []
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, on_signal)
 log_path = os.path.join(out_dir, 'log.jsonl')
-if master:
+if master:   # a new log starts with the parameter counts (as iteration -1); a resumed one keeps its past only
     os.makedirs(out_dir, exist_ok=True)
-    log(None, below=iter_num if init_from == 'resume' else 0)
+    log(None if init_from == 'resume' else {'iter': -1, 'params': n_params, 'attn_params': n_attn},
+        below=iter_num if init_from == 'resume' else -1)
 snapshot()
 if checkpoint is not None:   # where an uninterrupted run would go back to
     good, strikes = checkpoint.get('good') or good, checkpoint.get('strikes', 0)
 checkpoint = None   # free its memory
 
-# training loop --------------------------------------------------------------------
+# training loop: stop? -> log (and check for a spike) -> evaluate and save -> step: nanoGPT's eval -> step ->
+# log entered at the log, so that what the last iterations did is checked before anything is saved
 pending, x, y = [], None, None   # each iteration's loss since the last check (on the device); the last batch
 saved_iter = iter_num if init_from == 'resume' else -1
 t0, t_start, lr = time.time(), time.time(), get_lr(iter_num)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import analyze
+import data
 import linearize
 import runs
 from conftest import write_dataset
@@ -24,6 +25,7 @@ def save(path, config, seed):
     model = GPT(config)
     torch.save({'model': model.state_dict(), 'model_args': asdict(config), 'iter_num': 0,
                 'best_val_loss': 9.9, 'config': {'dataset': 'tiny'}}, os.path.join(path, 'ckpt.pt'))
+    return model
 
 
 @pytest.fixture(scope='module')
@@ -39,14 +41,14 @@ def seeds(tmp_path_factory):
 
 
 def test_arm_of():
-    assert runs.arm_of('sd_none_s12') == 'sd_none' and runs.arm_of('sd_s1x') == 'sd_s1x' \
-        and runs.arm_of('a') == 'a'
+    assert data.arm_of('sd_none_s12') == 'sd_none' and data.arm_of('sd_s1x') == 'sd_s1x' \
+        and data.arm_of('a') == 'a'
 
 
 def test_mean_std_nan_in_nan_out():
-    assert runs.mean_std([1.0, 3.0]) == (2.0, statistics.stdev([1.0, 3.0])) \
-        and math.isnan(runs.mean_std([2.0])[1])
-    assert all(math.isnan(v) for xs in ([1.0, math.nan], [math.nan], []) for v in runs.mean_std(xs))
+    assert data.mean_std([1.0, 3.0]) == (2.0, statistics.stdev([1.0, 3.0])) \
+        and math.isnan(data.mean_std([2.0])[1])
+    assert all(math.isnan(v) for xs in ([1.0, math.nan], [math.nan], []) for v in data.mean_std(xs))
 
 
 def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
@@ -55,7 +57,7 @@ def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
         os.makedirs(tmp_path / name)
         last = 100 if name != 'b_s2' else 50   # b_s2 did not finish: left out of the mean
         lines = [{'iter': 0, 'val_loss': 4.0}, {'iter': 9, 'loss': 3.0, 'tokens_per_s': 1000.0},
-                 {'iter': last, 'val_loss': final}]
+                 {'iter': last, 'val_loss': final}]   # a log from before the parameter counts
         (tmp_path / name / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
     rows = {r['arm']: r
             for r in runs.main([str(tmp_path / n) for n in finals] + ['--out_dir', str(tmp_path / 'o')])}
@@ -64,18 +66,21 @@ def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
     assert rows['b']['seeds'] == 1 and rows['b']['val_loss'] == 2.0
     assert (tmp_path / 'o' / 'runs.png').read_bytes()[:4] == b'\x89PNG'
     assert (tmp_path / 'o' / 'runs.csv').read_text().splitlines()[1].startswith('a,3,1.55,')
+    assert rows['a']['params'] is None and rows['a']['tokens_per_s'] == 1000.0
 
 
 def test_tradeoff_is_attention_share_and_ppl_change_against_the_baseline(tmp_path):
     config = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32, attn='sd', norm='none')
     finals = {'base_s1': 1.5, 'base_s2': 1.6, 'small_s1': 1.6, 'small_s2': 1.7}
-    for name, final in finals.items():
-        save(tmp_path / name, GPTConfig(**config, head_dim=8 if name.startswith('small') else None), 0)
-        (tmp_path / name / 'log.jsonl').write_text(json.dumps({'iter': 10, 'val_loss': final}) + '\n')
+    for name, final in finals.items():   # the counts as train.py logs them, before the first iteration
+        model = save(tmp_path / name, GPTConfig(**config, head_dim=8 if 'small' in name else None), 0)
+        counts = {'iter': -1, 'params': model.num_params(), 'attn_params': model.num_attention_params()}
+        (tmp_path / name / 'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in
+                                                           (counts, {'iter': 10, 'val_loss': final})))
     rows = {r['arm']: r for r in runs.main([str(tmp_path / n) for n in finals] +
                                            ['--out_dir', str(tmp_path / 'o'), '--vs', 'small=base'])}
     small, base = rows['small'], rows['base']
-    assert small['attn_params'] < base['attn_params']
+    assert small['attn_params'] < base['attn_params'] and small['params'] < base['params']
     assert small['attn_pct'] == pytest.approx(100 * small['attn_params'] / base['attn_params'])
     deltas = [100 * (math.exp(f - 1.55) - 1) for f in (1.6, 1.7)]
     assert small['dppl'] == pytest.approx(statistics.mean(deltas))
