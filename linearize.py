@@ -1,9 +1,10 @@
 """
-Post-hoc linearization: switch k softmax layers of trained models to ELU+1 attention on each layer's own q and
-k, optionally beside a softmax window of the last --window tokens, and measure val PPL as switched, after
-attention transfer (--transfer_iters: only what the switch added, feature maps and window gains, trained to
-reproduce each layer's softmax output) and after LM healing (--finetune_iters), for k = 0, 1, ... and each
---order: the first or last k softmax layers, or cascade: the k of lowest routing erank. --per_layer first
+Post-hoc linearization: switch k softmax layers (any layer not trained as ELU+1) of trained models to ELU+1
+attention on each layer's own q and k, optionally beside a softmax window of the last --window tokens, and
+measure val PPL as switched, after attention transfer (--transfer_iters: only what the switch added, feature
+maps and window gains, trained to reproduce each layer's trained output) and after LM healing
+(--finetune_iters), for k = 0, 1, ... and each --order: the first or last k such layers, or cascade: the k of
+lowest routing erank. --per_layer first
 measures each layer switched alone at every window in WINDOWS; the sweep then gives each layer its
 cheapest fix, the smallest window under +5% PPL (after transfer with --transfer_iters). Every k of every
 checkpoint sees the same val batches (with --seed 0, those train.py evaluates on). Writes
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import GPT, Softmax
-from runs import arm_of, label, mean_std, run_name
+from data import arm_of, label, mean_std, run_name
+from model import ATTN_TYPES, GPT
 
 ORDERS = ('first', 'last', 'cascade')
 WINDOWS = (0, 2, 4, 8, 16, 32)   # --per_layer: the windows tried, smallest first
@@ -67,17 +68,13 @@ def parse_args(argv):
 
 
 def pick_layers(model, order, k, erank=None):
-    """Indices of the k softmax layers to switch, chosen by `order`."""
-    softmax = softmax_layers(model)
+    """Indices of the k layers to switch (of model.switchable(): not trained as ELU+1), chosen by `order`."""
+    layers = model.switchable()
     if order == 'first':
-        return softmax[:k]
+        return layers[:k]
     if order == 'last':
-        return softmax[len(softmax) - k:]
-    return sorted(softmax, key=lambda i: (erank[i], i))[:k]
-
-
-def softmax_layers(model):   # the layers trained with softmax: those a switch can change
-    return [i for i, a in enumerate(model.attention_layers()) if a.kind != 'linear']
+        return layers[len(layers) - k:]
+    return sorted(layers, key=lambda i: (erank[i], i))[:k]
 
 
 @torch.no_grad()
@@ -101,15 +98,16 @@ def finetune(model, train, args, block_size):
 
 def match_loss(model, layers, x):
     """Attention transfer's loss: the sum over the switched `layers` of the MSE between each one's mixer
-    output (B, H, T, d_h) and softmax's on the same q, k, v, all on the hidden states of the model with those
-    layers back on softmax (teacher forcing: each layer learns from the trained model's inputs, all at once).
-    """
+    output (B, H, T, d_h) and its trained mixer's (softmax) on the same q, k, v, on the hidden states of the
+    model with those layers back on their trained mixers (teacher forcing: each layer learns from the trained
+    model's inputs, all at once)."""
     attns = [model.attention_layers()[i] for i in sorted(layers)]
     mixers, inputs = [a.mixer for a in attns], []
     hooks = [a.register_forward_pre_hook(lambda module, args: inputs.append(args[0])) for a in attns]
     try:
         for a in attns:
-            a.set_mixer('softmax')
+            a.set_mixer(ATTN_TYPES[a.kind])
+        teachers = [a.mixer for a in attns]
         with torch.no_grad():
             model(x)
             qkv = [a.qkv(h) for a, h in zip(attns, inputs)]
@@ -117,7 +115,7 @@ def match_loss(model, layers, x):
         for a, mixer, hook in zip(attns, mixers, hooks):
             a.mixer = mixer
             hook.remove()
-    return sum(F.mse_loss(mixer(*t), Softmax()(*t)) for mixer, t in zip(mixers, qkv))
+    return sum(F.mse_loss(mixer(*t), teacher(*t)) for mixer, teacher, t in zip(mixers, teachers, qkv))
 
 
 def transfer(model, layers, train, args, block_size):
@@ -197,9 +195,8 @@ def cheapest(arms, prefix):
 
 
 def per_layer(args, names, batches, train, block_size, erank_of, prefixes):
-    """Each softmax layer of each checkpoint switched alone at every window in WINDOWS, as switched and after
-    attention transfer: one row per checkpoint, layer and window (with the layer's erank for --order cascade).
-    """
+    """Each switchable layer of each checkpoint switched alone at every window in WINDOWS, as switched and
+    after attention transfer: a row per checkpoint, layer and window (with its erank for --order cascade)."""
     rows = []
     for path in tqdm(args.ckpt, desc='per layer', dynamic_ncols=True):
         model = GPT.from_checkpoint(path, args.device)[0]
@@ -207,7 +204,7 @@ def per_layer(args, names, batches, train, block_size, erank_of, prefixes):
         run = lambda layers, w: measure(model, layers, w, batches, train, args, block_size, None, heal=False)
         mine = [{'ckpt': path, 'name': names[path], 'layer': i, 'window': w, **run((i,), w),
                  **({'erank': float(erank[i])} if erank else {})}
-                for i in softmax_layers(model) for w in WINDOWS]
+                for i in model.switchable() for w in WINDOWS]
         add_deltas(mine, run((), 0), prefixes)
         rows += mine
     return rows
@@ -370,18 +367,18 @@ def main(argv=None):
             tqdm.write(f"{names[path]}: routing erank per layer {' '.join(f'{e:.2f}' for e in erank)}")
         trained = {k: v.clone() for k, v in model.state_dict().items()}
         window = windows.get(arm_of(names[path]), args.window)
-        softmax = softmax_layers(model)
-        bar.total += len(args.order) * (len(softmax) + 1)
+        switchable = model.switchable()
+        bar.total += len(args.order) * (len(switchable) + 1)
         done = {}   # layers switched -> results; k = 0 is the same for every order
         no_attn = without_attention(model, batches)
         for order in args.order:
-            for k in range(len(softmax) + 1):
+            for k in range(len(switchable) + 1):
                 layers = tuple(sorted(pick_layers(model, order, k, erank)))
                 bar.set_postfix_str(f"{names[path]} {order} k={k}")
                 if layers not in done:
                     done[layers] = measure(model, layers, window, batches, train, args, block_size, trained)
                 bar.update(1)
-                linear = sorted(set(layers) | set(range(len(model.attention_layers()))) - set(softmax))
+                linear = sorted(set(layers) | set(range(len(model.attention_layers()))) - set(switchable))
                 ws = [window.get(i, 0) if isinstance(window, dict) else window for i in layers]
                 rows.append({'ckpt': path, 'name': names[path], 'order': order, 'k': k,
                              'layers': ';'.join(map(str, linear)), 'windows': ';'.join(map(str, ws)),

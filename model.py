@@ -1,7 +1,8 @@
 """A GPT whose attention is, per layer, a projection ('standard' q, k; 'sd': scores u_i^T (S − D) u_j / √d_h,
 u = W x, S skew-symmetric, D positive diagonal) times a mixer ('softmax'; 'elu': ELU+1 linear attention,
 Katharopoulos et al. 2020, optionally beside a softmax window of the last w tokens); attn='linear' is standard
-q, k with ELU+1. LayerNorm is optional."""
+q, k with ELU+1. LayerNorm is optional. A new attention is a mixer in MIXERS and a type in ATTN_TYPES: the
+README's "Add your own attention"."""
 import math
 import os
 import pickle
@@ -11,10 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTN_TYPES = ('standard', 'sd', 'linear')
+from linear import elu_linear_attention, elu_linear_step, hi, phi, window_linear_attention, window_mix
+
+ATTN_TYPES = {'standard': 'softmax', 'sd': 'softmax', 'linear': 'elu'}   # attn: the mixer it trains with
 NORMS = ('layernorm', 'none', 'final')
 SD_FILTERS = ('diag', 'scalar')
-MIXERS = ('softmax', 'elu')
 
 
 @dataclass
@@ -28,7 +30,7 @@ class GPTConfig:
     bias: bool = True            # biases in Linear layers and LayerNorms
     norm: str = 'layernorm'      # 'layernorm' | 'none' | 'final' (LayerNorm before the output layer only)
     # per-layer knobs: one value for every layer, or a list with one entry per layer
-    attn: str | list = 'standard'        # 'standard' | 'sd' | 'linear'
+    attn: str | list = 'standard'        # one of ATTN_TYPES: 'standard' | 'sd' | 'linear'
     head_dim: int | None | list = None   # attention width per head; None = n_embd // n_head
     sd_rank: int | None | list = None    # S−D routing rank r (S = U V^T − V U^T); None = full
     sd_filter: str | list = 'diag'       # S−D filter D: 'diag' (d_h values) | 'scalar' (one per head)
@@ -47,15 +49,13 @@ class GPTConfig:
             raise ValueError(f"emb_scale={self.emb_scale!r} must be a positive number (or None)")
         if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; set head_dim")
-        for name, allowed in (('attn', ATTN_TYPES), ('sd_filter', SD_FILTERS)):
+        for name, allowed in (('attn', tuple(ATTN_TYPES)), ('sd_filter', SD_FILTERS)):
             if bad := [v for v in self.per_layer(name) if v not in allowed]:
                 raise ValueError(f"{name}={bad[0]!r} is not one of {allowed}")
-        for name in ('head_dim', 'sd_rank'):
-            if bad := [v for v in self.per_layer(name)
-                       if v is not None and (not isinstance(v, int) or v < 1)]:
-                raise ValueError(f"{name} entries must be positive ints or None, got {bad[0]!r}")
-        if bad := [w for w in self.per_layer('linear_window') if not is_window(w)]:
-            raise ValueError(f"linear_window entries must be ints >= 0, got {bad[0]!r}")
+        for name, low in (('head_dim', 1), ('sd_rank', 1), ('linear_window', 0)):   # None: the default
+            if bad := [v for v in self.per_layer(name) if not is_int(v, low, none=low > 0)]:
+                raise ValueError(f"{name} entries must be ints >= {low}{' or None' * (low > 0)}, "
+                                 f"got {bad[0]!r}")
 
     def per_layer(self, name):
         """The knob `name` as a list with one entry per layer."""
@@ -74,80 +74,8 @@ class GPTConfig:
                     linear_window=self.per_layer('linear_window')[i])
 
 
-def is_window(w):
-    return isinstance(w, int) and not isinstance(w, bool) and w >= 0
-
-
-def phi(x):   # the ELU+1 feature map, positive everywhere: the one every ELU+1 path uses
-    return F.elu(x) + 1
-
-
-def hi(t):   # the ELU+1 forms compute in fp32, or in float64 when given it (the tests' references)
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def linear_parts(fq, fk, v, chunk, state=None):
-    """Causal linear attention on features fq, fk (B, H, T, d), chunkwise: quadratic inside a chunk, a state
-    (sum fk^T v, sum fk) across chunks and from `state`. Returns (numerator, denominator, new state)."""
-    T = fq.size(2)
-    C = min(chunk, T)
-    if pad := (-T) % C:   # padded queries read 1s (their rows are dropped), padded keys 0 (they add nothing)
-        fq, fk, v = F.pad(fq, (0, 0, 0, pad), value=1.0), F.pad(fk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
-    fq, fk, v = (t.unflatten(2, (-1, C)) for t in (fq, fk, v))   # (B, H, n, C, d): n chunks of length C
-    scores = (fq @ fk.transpose(-1, -2)).tril()              # (B, H, n, C, C) causal within a chunk
-    kv, ksum = fk.transpose(-1, -2) @ v, fk.sum(3)           # (B, H, n, d, dv), (B, H, n, d): each chunk's
-    kv_past, ksum_past = kv.cumsum(2) - kv, ksum.cumsum(2) - ksum   # exclusive prefix over chunks
-    if state is not None:
-        kv_past, ksum_past = kv_past + state[0].unsqueeze(2), ksum_past + state[1].unsqueeze(2)
-    num = scores @ v + fq @ kv_past
-    den = scores.sum(-1) + (fq * ksum_past.unsqueeze(3)).sum(-1)
-    return (num.flatten(2, 3)[:, :, :T], den.flatten(2, 3)[:, :, :T],
-            (kv_past[:, :, -1] + kv[:, :, -1], ksum_past[:, :, -1] + ksum[:, :, -1]))
-
-
-def elu_linear_attention(q, k, v, chunk=64, state=None):
-    """Causal normalized ELU+1 attention on q, k, v (B, H, T, d), chunkwise, from `state`: (y, new state)."""
-    num, den, state = linear_parts(phi(hi(q)), phi(hi(k)), hi(v), chunk, state)
-    return (num / den.unsqueeze(-1)).to(v.dtype), state
-
-
-def elu_linear_step(q, k, v, state=None):
-    """elu_linear_attention for one token, O(1) (decoding): its own key enters the state before the read."""
-    dtype, q, k, v = v.dtype, phi(hi(q)), phi(hi(k)), hi(v)
-    k = k.transpose(-1, -2)                                  # (B, H, d, 1): k^T v is an outer product
-    kv, ksum = (k * v, k[..., 0]) if state is None else (torch.addcmul(state[0], k, v), state[1] + k[..., 0])
-    return ((q @ kv) / (q @ ksum.unsqueeze(-1))).to(dtype), (kv, ksum)
-
-
-def window_mix(s, v, num_past, den_past):
-    """(Σ e^s v + num_past) / (Σ e^s + den_past) over window scores s (..., L), stabilised by m = max(max s,
-    log den_past), detached: m cancels in the ratio, so the gradients are exact."""
-    m = torch.maximum(s.amax(-1), den_past.log()).detach()
-    e, r = (s - m.unsqueeze(-1)).exp(), (-m).exp()
-    return (e @ v + num_past * r.unsqueeze(-1)) / (e.sum(-1) + den_past * r).unsqueeze(-1)
-
-
-def window_linear_attention(q, k, v, window, gain, chunk=64, fq=None, fk=None):
-    """Token t attends with softmax to the last `window` tokens (t − w < s ≤ t), with ELU+1 to every earlier
-    one, one normaliser: y_t = (Σ_win e^{q·k/√d} v + g Σ_past φ(fq_t)·φ(fk_s) v) / (the same without v), gain
-    g (H,); fq, fk: what φ sees (default q, k). Chunkwise, O(T (C + w) d): the window a band of C + w − 1 keys
-    per chunk of C queries, the past ELU+1 on keys delayed by w. Returns (y, the ELU+1 state of the past)."""
-    T, d, w, dtype = q.size(2), q.size(3), window, v.dtype
-    q, k, v = hi(q), hi(k), hi(v)
-    fq, fk = phi(q if fq is None else hi(fq)), phi(k if fk is None else hi(fk))
-    late = lambda t: F.pad(t, (0, 0, w, 0))[:, :, :T]   # delayed by w tokens (φ-space zeros add nothing)
-    num_p, den_p, state = linear_parts(fq, late(fk), late(v), chunk)
-    C = min(chunk, T)
-    n, L, g = -(-T // C), C + w - 1, gain.to(q.dtype).view(-1, 1)
-    pad = n * C - T
-    chunks = lambda t: F.pad(t, (0, 0) * (t.dim() - 3) + (0, pad)).unflatten(2, (n, C))
-    kb, vb = (F.pad(t, (0, 0, w - 1, pad)).unfold(2, L, C).transpose(-1, -2) for t in (k, v))   # (B,H,n,L,d)
-    i, j = torch.arange(C, device=q.device).unsqueeze(1), torch.arange(L, device=q.device)
-    start = torch.arange(n, device=q.device).view(n, 1, 1) * C - (w - 1)   # the position of key j: start + j
-    keep = (j >= i) & (j < i + w) & (start + j >= 0)                      # (n, C, L): t − w < s ≤ t, s ≥ 0
-    s = (chunks(q) @ kb.transpose(-1, -2) / math.sqrt(d)).masked_fill(~keep, float('-inf'))
-    y = window_mix(s, vb, chunks(g.unsqueeze(-1) * num_p), chunks(g * den_p))
-    return y.flatten(2, 3)[:, :, :T].to(dtype), state
+def is_int(v, low=0, none=False):   # an int >= low (a window: >= 0), or None where allowed
+    return (none and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
 
 
 class Cache:
@@ -165,9 +93,9 @@ class Softmax(nn.Module):
     """Causal softmax attention (SDPA); decoding reads a preallocated k/v cache."""
     name = 'softmax'
 
-    def __init__(self, dropout=0.0):
+    def __init__(self, config, layer):
         super().__init__()
-        self.dropout = dropout
+        self.dropout = config.dropout
 
     def forward(self, q, k, v, cache=None):
         T = q.size(2)
@@ -179,7 +107,10 @@ class Softmax(nn.Module):
             cache.k[:, :, n - T:n], cache.v[:, :, n - T:n] = k, v
             if n > T:
                 k, v = cache.k[:, :, :n], cache.v[:, :, :n]
-        return F.scaled_dot_product_attention(q, k, v, is_causal=k.size(2) == T,   # not over a cached past
+        return self.attend(q, k, v)
+
+    def attend(self, q, k, v):   # the queries q (B, H, T, d) are the last T of the keys k (B, H, S, d)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=k.size(2) == q.size(2),   # S > T: cached
                                               dropout_p=self.dropout if self.training else 0.0)
 
     def flops(self, T, d):   # forward, per token and head: scores and values
@@ -188,17 +119,17 @@ class Softmax(nn.Module):
 
 class ELU(nn.Module):
     """ELU+1 linear attention. window w > 0: softmax over the last w tokens, ELU+1 before them, one
-    normaliser, ELU+1 weighed by a gain per head (init 1/d_h: for small q, k, e^{q·k/√d} ≈ 1
-    and φ(q)·φ(k) ≈ d_h).
+    normaliser, ELU+1 weighed by a gain per head (init 1/d_h: for small q, k, e^{q·k/√d} ≈ 1, φ(q)·φ(k) ≈ d).
     learned: per-head maps on q and k before φ, identity at first (what attention transfer trains)."""
     name = 'elu'
 
-    def __init__(self, n_head, head_dim, chunk, window=0, learned=False):
+    def __init__(self, config, layer, window=None, learned=False):   # window None: the config's
         super().__init__()
-        self.window, self.chunk = window, chunk
-        if window:
-            self.log_gain = nn.Parameter(torch.full((n_head,), -math.log(head_dim)))
-        eye = torch.eye(head_dim).repeat(n_head, 1, 1)
+        c = config.layer(layer)
+        self.window, self.chunk = c['linear_window'] if window is None else window, config.linear_chunk
+        if self.window:
+            self.log_gain = nn.Parameter(torch.full((config.n_head,), -math.log(c['head_dim'])))
+        eye = torch.eye(c['head_dim']).repeat(config.n_head, 1, 1)
         self.map_q, self.map_k = (nn.Parameter(eye.clone()) if learned else None for _ in range(2))
 
     def features(self, x, m):   # what φ sees
@@ -241,14 +172,20 @@ class ELU(nn.Module):
         return 4 * C * d + 4 * d * d + (4 * (C + self.window - 1) * d if self.window else 0)
 
 
+# A mixer: Mixer(config, layer, **options), an nn.Module; forward(q, k, v, cache=None) -> (B, H, T, d) from
+# the projection's q, k, v (B, H, T, d) (scores q·k/√d), keeping what decoding needs in `cache` (a Cache);
+# flops(T, d): forward FLOPs per token and head.
+MIXERS = {'softmax': Softmax, 'elu': ELU}
+
+
 class Attention(nn.Module):
     """Causal self-attention: a projection (q, k; S−D: u and S − D), then a mixer chosen by name."""
 
     def __init__(self, config, layer):
         super().__init__()
         c = config.layer(layer)
-        self.kind, self.n_head, self.head_dim = c['attn'], config.n_head, c['head_dim']
-        self.chunk, self.dropout = config.linear_chunk, config.dropout
+        self.config, self.layer, self.kind = config, layer, c['attn']
+        self.n_head, self.head_dim = config.n_head, c['head_dim']
         width = self.n_head * self.head_dim
         self.n_proj = 2 if self.kind == 'sd' else 3   # S−D has no key projection: k = u
         self.c_attn = nn.Linear(config.n_embd, self.n_proj * width, bias=config.bias)
@@ -263,32 +200,30 @@ class Attention(nn.Module):
                 self.sd_U = nn.Parameter(torch.randn(H, d, r) * std)          # S = U V^T − V U^T
                 self.sd_V = nn.Parameter(torch.randn(H, d, r) * std)
             self.sd_delta = nn.Parameter(torch.zeros(H, d if c['sd_filter'] == 'diag' else 1))
-        self.set_mixer('elu' if self.kind == 'linear' else 'softmax', c['linear_window'])
+        self.set_mixer(ATTN_TYPES[self.kind])
 
-    def set_mixer(self, name, window=0, learned=False):
-        """The mixer by name: 'softmax' | 'elu' (window: its softmax window; learned: maps to train)."""
-        if name not in MIXERS or not is_window(window):
-            raise ValueError(f"mixer {name!r}, window {window!r}: the mixer is one of {MIXERS}, "
+    def set_mixer(self, name, **options):
+        """This layer's mixer by name (MIXERS), e.g. set_mixer('elu', window=4, learned=True)."""
+        if name not in MIXERS or not is_int(options.get('window', 0)):
+            raise ValueError(f"mixer {name!r} with {options}: the mixer is one of {tuple(MIXERS)}, "
                              f"the window an int >= 0")
-        mixer = Softmax(self.dropout) if name == 'softmax' else \
-            ELU(self.n_head, self.head_dim, self.chunk, window, learned)
-        self.mixer = mixer.to(self.c_attn.weight.device)
+        self.mixer = MIXERS[name](self.config, self.layer, **options).to(self.c_attn.weight.device)
+        self.mixer.train(self.training)
 
-    def sd_generator(self):
-        """Per head: S (H, d, d) skew-symmetric, D (H, d) positive diagonal."""
+    def sd_generator(self, dtype=None):
+        """Per head: S (H, d, d) skew-symmetric, D (H, d) positive diagonal, L = S − diag(D), in dtype."""
         P = self.sd_P if hasattr(self, 'sd_P') else self.sd_U @ self.sd_V.transpose(1, 2)
-        S = P - P.transpose(1, 2)
-        D = F.softplus(self.sd_delta).expand(self.n_head, self.head_dim)
-        return S, D
+        S, D = P - P.transpose(1, 2), F.softplus(self.sd_delta).expand(self.n_head, self.head_dim)
+        S, D = S.to(dtype), D.to(dtype)   # exact: S's diagonal is 0, so L's entries are S's or −D's
+        return S, D, S - torch.diag_embed(D)
 
     def qkv(self, x):
         """q, k, v of shape (B, H, T, d) such that the pre-softmax scores are q·k / sqrt(d)."""
         parts = self.c_attn(x).unflatten(-1, (self.n_proj, self.n_head, self.head_dim)).permute(2, 0, 3, 1, 4)
         if self.kind != 'sd':
             return parts.unbind()
-        S, D = self.sd_generator()
-        L = S - torch.diag_embed(D)                 # u_i^T L u_j = (u_i L) · u_j: fold L into the query
-        return parts[0] @ L.to(parts.dtype), parts[0], parts[1]
+        L = self.sd_generator(parts.dtype)[2]   # u_i^T L u_j = (u_i L) · u_j: fold L into the query
+        return parts[0] @ L, parts[0], parts[1]
 
     def forward(self, x, cache=None):
         """cache: None (training), or this layer's Cache (incremental decoding; see its protocol)."""
@@ -302,14 +237,14 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
 
-    def head_weights(self):
-        """Per head W_q, W_k (H, d, n_embd) with kernel M = W_q^T W_k; for S−D also S and D,
-        W_q = L^T W, W_k = W."""
-        W = self.c_attn.weight.view(self.n_proj, self.n_head, self.head_dim, -1)
+    def head_weights(self, dtype=None):
+        """Per head W_q, W_k (H, d, n_embd) with kernel M = W_q^T W_k, in dtype (the analysis: float64); for
+        S−D also S and D, W_q = L^T W, W_k = W."""
+        W = self.c_attn.weight.view(self.n_proj, self.n_head, self.head_dim, -1).to(dtype)
         if self.kind != 'sd':
             return dict(W_q=W[0], W_k=W[1])
-        S, D = self.sd_generator()
-        return dict(W_q=(S - torch.diag_embed(D)).transpose(1, 2) @ W[0], W_k=W[0], S=S, D=D)
+        S, D, L = self.sd_generator(dtype)
+        return dict(W_q=L.transpose(1, 2) @ W[0], W_k=W[0], S=S, D=D)
 
     def flops_per_token(self, T):
         """Forward+backward FLOPs per token of the token mixing (the projections are counted as params)."""
@@ -396,16 +331,17 @@ class GPT(nn.Module):
             return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
+    def switchable(self):
+        """The layers `linearize` can switch: those not trained with ELU+1."""
+        return [i for i, a in enumerate(self.attention_layers()) if ATTN_TYPES[a.kind] != 'elu']
+
     def linearize(self, layers, window=0):
-        """Post hoc: the softmax layers `layers` (indices) to ELU+1 on their trained q, k, beside a softmax
+        """Post hoc: the switchable layers `layers` (indices) to ELU+1 on their trained q, k, beside a softmax
         window of `window` tokens (an int, or {layer: int}), with fresh identity feature maps (attention
-        transfer trains them); every other softmax layer back to softmax; trained ELU+1 layers stay.
-        """
-        layers = set(layers)
-        for i, a in enumerate(self.attention_layers()):
-            if a.kind != 'linear':
-                w = window.get(i, 0) if isinstance(window, dict) else window
-                a.set_mixer('elu', w, learned=True) if i in layers else a.set_mixer('softmax')
+        transfer trains them); every other switchable layer back to the mixer it was trained with."""
+        for i in self.switchable():
+            a, w = self.attention_layers()[i], window.get(i, 0) if isinstance(window, dict) else window
+            a.set_mixer('elu', window=w, learned=True) if i in layers else a.set_mixer(ATTN_TYPES[a.kind])
 
     def crop_block_size(self, block_size):
         assert block_size <= self.config.block_size
@@ -419,8 +355,7 @@ class GPT(nn.Module):
         path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
         try:
             ckpt = torch.load(path, map_location=device, weights_only=True)
-            # {'emb_scale': 1.0}: checkpoints from before emb_scale
-            model = cls(GPTConfig(**({'emb_scale': 1.0} | ckpt['model_args'])))
+            model = cls(GPTConfig(**({'emb_scale': 1.0} | ckpt['model_args'])))   # 1.0: from before emb_scale
             model.load_state_dict(ckpt['model'])
         except FileNotFoundError:
             raise SystemExit(f"error: no checkpoint at {path}") from None
@@ -436,8 +371,17 @@ class GPT(nn.Module):
         return model.to(device), ckpt
 
     @classmethod
-    def from_hf(cls, hf, dropout=0.0):
-        """A standard-attention GPT with the weights of a transformers GPT2LMHeadModel."""
+    def from_pretrained(cls, hf, dropout=0.0):
+        """A standard-attention GPT with GPT-2's weights: hf a transformers GPT2LMHeadModel or its name
+        ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or local folder."""
+        if isinstance(hf, str):
+            os.environ.setdefault('HF_HUB_VERBOSITY', 'error')   # no retry chatter offline
+            from transformers import GPT2LMHeadModel
+            try:
+                hf = GPT2LMHeadModel.from_pretrained(hf)
+            except Exception as e:
+                raise SystemExit(f"error: no GPT-2 {hf!r} ({type(e).__name__}): go online or give its "
+                                 f"folder") from None
         c = hf.config
         model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True))
@@ -451,18 +395,6 @@ class GPT(nn.Module):
             sd[k].copy_(sd_hf[k].t() if k.endswith(transposed) else sd_hf[k])
         return model
 
-    @classmethod
-    def from_pretrained(cls, name, dropout=0.0):
-        """'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' (or a local directory) via transformers."""
-        os.environ.setdefault('HF_HUB_VERBOSITY', 'error')   # no retry chatter offline
-        from transformers import GPT2LMHeadModel
-        try:
-            hf = GPT2LMHeadModel.from_pretrained(name)
-        except Exception as e:
-            raise SystemExit(f"error: no GPT-2 {name!r} ({type(e).__name__}): go online or give its "
-                             f"folder") from None
-        return cls.from_hf(hf, dropout)
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices (and the S−D generators), not on biases, norms, the filter."""
         groups = [{'params': [], 'weight_decay': weight_decay}, {'params': [], 'weight_decay': 0.0}]
@@ -472,16 +404,14 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
 
     def flops_per_token(self, T):
-        """Forward+backward FLOPs per token: 6 per matmul parameter (PaLM appendix B) plus mixing (and the
-        S−D fold)."""
+        """Forward+backward FLOPs per token: 6 per matmul parameter (PaLM appendix B), mixing, S−D fold."""
         sd_params = sum(p.numel() for n, p in self.named_parameters() if '.sd_' in n)
         return 6 * (self.num_params() - sd_params) + \
             sum(a.flops_per_token(T) for a in self.attention_layers())
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after idx (B, T) with a k/v cache (softmax) or recurrent state (ELU+1) per
-        layer. Past block_size the window slides, which for learned absolute positions means re-encoding
-        it."""
+        """Sample max_new_tokens after idx (B, T) with a decode Cache per layer. Past block_size the window
+        slides, which for learned absolute positions means re-encoding it."""
         bs = self.config.block_size
         cache, pos, size = None, 0, min(bs, idx.size(1) + max_new_tokens)
         with torch.inference_mode():   # lighter than no_grad per op, and a decode step is many small ops

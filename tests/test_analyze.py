@@ -113,7 +113,7 @@ def test_kernel_metrics_match_naive_hf(tiny_gpt2, tiny_bert):
 
 
 def test_our_gpt_from_hf_matches_hf(tiny_gpt2):
-    ours = GPT.from_hf(tiny_gpt2).eval()
+    ours = GPT.from_pretrained(tiny_gpt2).eval()
     rows_ours = [r for i, w in enumerate(analyze.gpt_layers(ours)) for r in analyze.weight_rows('m', w, i)]
     rows_hf = [r for i, w in enumerate(analyze.hf_layers(tiny_gpt2)) for r in analyze.weight_rows('m', w, i)]
     assert len(rows_ours) == len(rows_hf) == 4

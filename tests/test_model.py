@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from model import ELU, GPT, Cache, GPTConfig, elu_linear_attention, elu_linear_step, window_linear_attention
+from linear import elu_linear_attention, elu_linear_step, window_linear_attention
+from model import ELU, GPT, Cache, GPTConfig
 
 torch.manual_seed(0)
 
@@ -66,8 +67,8 @@ def test_sd_generator_structure(rank, filt):
     attn = GPT(tiny(attn='sd', sd_rank=rank, sd_filter=filt)).attention_layers()[0]
     with torch.no_grad():
         attn.sd_delta.normal_()   # away from the initial all-equal filter
-    S, D = attn.sd_generator()
-    assert torch.equal(S, -S.transpose(1, 2))
+    S, D, L = attn.sd_generator()
+    assert torch.equal(S, -S.transpose(1, 2)) and torch.equal(L, S - torch.diag_embed(D))
     assert (D > 0).all()
     if rank is not None:
         assert all(torch.linalg.matrix_rank(s, atol=1e-5) == 2 * rank for s in S)
@@ -91,7 +92,7 @@ def test_sd_folded_sdpa_equals_explicit_scores():
         x = torch.randn(2, 19, 32)
         B, T, _ = x.shape
         u, v = attn.c_attn(x).view(B, T, 2, attn.n_head, attn.head_dim).permute(2, 0, 3, 1, 4)
-        S, D = attn.sd_generator()
+        S, D, _ = attn.sd_generator()
         scores = torch.einsum('bhid,hde,bhje->bhij', u, S - torch.diag_embed(D), u) / math.sqrt(attn.head_dim)
         scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float('-inf'))
         y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1)
@@ -333,18 +334,18 @@ def test_window_mixer_errors():
     attn = GPT(tiny()).attention_layers()[0]
     for name, window in (('elu', -1), ('relu', 0), ('elu', 2.0)):
         with pytest.raises(ValueError, match='the mixer is one of'):
-            attn.set_mixer(name, window)
+            attn.set_mixer(name, window=window)
     assert isinstance(attn.mixer, torch.nn.Module) and attn.mixer.name == 'softmax'
     with pytest.raises(ValueError, match='window'):
         GPT(tiny()).linearize([0], window=-2)
-    assert ELU(2, 16, 8, 3).log_gain.exp().allclose(torch.full((2,), 1 / 16))   # the gain starts at 1/d_h
+    assert ELU(tiny(), 0, window=3).log_gain.exp().allclose(torch.full((2,), 1 / 16))   # gain: 1/d_h
 
 
 def test_from_hf_gpt2_gives_the_same_logits():
     transformers = pytest.importorskip('transformers')
     hf_config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=40, vocab_size=100)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
-    model = GPT.from_hf(hf).eval()
+    model = GPT.from_pretrained(hf).eval()
     idx = torch.randint(0, 100, (2, 40))
     with torch.no_grad():
         expected = hf(idx).logits
@@ -398,7 +399,7 @@ def test_flops_per_token_matches_nanogpt_formula_for_standard_attention():
     (dict(sd_rank=[1, 2]), 'sd_rank has 2 entries'),
     (dict(sd_filter='full'), "sd_filter='full'"),
     (dict(norm='rms'), "norm='rms'"),
-    (dict(head_dim=0), 'head_dim entries must be positive'),
+    (dict(head_dim=0), 'head_dim entries must be ints >= 1'),
     (dict(linear_window=-1), 'linear_window entries must be ints >= 0, got -1'),
     (dict(linear_window=[0, 2.5, 0]), 'linear_window entries must be ints >= 0, got 2.5'),
     (dict(n_embd=31), 'not divisible'),
