@@ -21,9 +21,8 @@ import torch
 from tqdm import tqdm
 
 import data
+from hf import FAMILIES, OFFSETS, hf_encoder, hf_layers, hf_qk, load_hf
 from model import GPT
-from runs import arm_of, mean_std, run_name
-from runs import label as arm_label  # analyze.py has its own `label` variables
 
 # Singular values below REL_TOL * ||M||_F count as zero: float32 weights and activations resolve M only to
 # about 1e-7 of its norm, and the float64 computation below resolves it to ~1e-8 or better.
@@ -38,12 +37,8 @@ TABLE = {'weight': {'cap': 'routing_capacity', 'routing': 'routing_erank', 'filt
                     'rho': 'rho', 'maxRe(eig)': 'max_re_eig', 'erank(S)': 'erank_S', 'D cv': 'd_scalarness'},
          'rotary': {'RoPE rout.': 'routing_erank', 'RoPE rho': 'rho'},   # printed, per level
          'data': {'A routing': 'routing_erank', 'A rho': 'rho'}}
-OFFSETS = (1, 4, 16, 64, 256, 1024, 4096)   # the rotary level's Δ (those within the model's context)
-# the transformers families --hf reads: q/k projections (separate or fused), RoPE on a head's first dims
-FAMILIES = ('gpt2', 'bert', 'roberta', 'gpt_neox', 'llama', 'mistral', 'mixtral', 'qwen2', 'qwen2_moe',
-            'qwen3', 'qwen3_moe', 'gemma', 'gemma2', 'phi', 'phi3', 'olmo2', 'granite', 'starcoder2',
-            'stablelm')
 finite = lambda values: [v if v is not None and math.isfinite(v) else None for v in values]   # JSON: no nan
+band = lambda pairs: dict(zip(('mean', 'std'), map(finite, zip(*pairs))))   # [(mean, std)] -> {mean, std}
 
 
 def erank(s, ref=None):
@@ -138,103 +133,25 @@ def sd_metrics(S, D):
 
 
 def gpt_layers(model):
-    """Per layer of one of our GPTs: dict(kind, W_q, W_k[, S, D]) in float64."""
-    layers = [dict(kind=a.kind, **{k: v.detach().double() for k, v in a.head_weights().items()})
-              for a in model.attention_layers()]
-    for w in (w for w in layers if w['kind'] == 'sd'):   # W_q = L^T W in float64: sym part exactly -W^T D W
-        w['W_q'] = (w['S'] - torch.diag_embed(w['D'])).mT @ w['W_k']
-    return layers
-
-
-def rms_gain(norm, family):
-    """The gain g of a q/k norm that is an RMS norm, norm(v) = g v / rms(v) (Qwen3, OLMo2), else a one-line
-    error: the kernel takes g, the data level the model's normalised q, k."""
-    w = getattr(norm, 'weight', None)
-    if w is not None and getattr(norm, 'bias', None) is None:   # two vectors of ±1 (rms 1) must give one g
-        v = torch.randint(0, 2, (2, w.numel()), generator=torch.Generator().manual_seed(0)).to(w) * 2 - 1
-        g = norm(v).double() * v * math.sqrt(1 + getattr(norm, 'variance_epsilon', getattr(norm, 'eps', 0.0)))
-        if torch.allclose(g[0], g[1], rtol=1e-4, atol=1e-6 * g.abs().max().item()):
-            return g[0].cpu()
-    raise SystemExit(f"error: a {family} model whose q/k norm ({type(norm).__name__}) is not an RMS norm "
-                     f"with a gain: not readable as a kernel W_q^T W_k")
-
-
-@torch.no_grad()
-def hf_layers(hf):
-    """Per layer of a transformers model of FAMILIES: dict(kind, W_q, W_k (H, d, n) as the layer projects x,
-    biases aside, query head h with key head h // (H / H_kv) as transformers' repeat_kv, an RMS q/k norm's
-    gain folded in[, rot (offsets, d, d): R_Δ at OFFSETS from the model's own rotary cos, sin, rotate_half]"""
-    c, base = hf.config, hf.base_model
-    H, n, layers = c.num_attention_heads, c.hidden_size, []
-    kv = getattr(c, 'num_key_value_heads', None) or H
-    projections = ('c_attn', 'query', 'q_proj', 'qkv_proj', 'query_key_value')
-    for a in (a for a in base.modules() if any(hasattr(a, p) for p in projections)):
-        if hasattr(a, 'c_attn'):                     # GPT-2: Conv1D stores (in, out), [q; k; v]
-            Wq, Wk, _ = a.c_attn.weight.t().chunk(3)
-        elif hasattr(a, 'query_key_value'):          # GPT-NeoX: [q; k; v] per head
-            Wq, Wk, _ = a.query_key_value.weight.view(H, 3, -1, n).unbind(1)
-        elif hasattr(a, 'qkv_proj'):                 # Phi-3: [q of H heads; k of H_kv; v of H_kv]
-            Wq, Wk, _ = a.qkv_proj.weight.unflatten(0, (H + 2 * kv, -1)).split([H, kv, kv])
-        else:                                        # Linear (out, in): q_proj, k_proj or BERT's query, key
-            Wq, Wk = ((getattr(a, p + '_proj', None) or getattr(a, p_bert)).weight
-                      for p, p_bert in (('q', 'query'), ('k', 'key')))
-        d, W = Wq.numel() // (H * n), {}
-        for p, w, heads in (('q', Wq, H), ('k', Wk, kv)):
-            norm = getattr(a, f'{p}_norm', getattr(a, f'{p}_layernorm', None))
-            w = w.double().cpu().reshape(heads, d, n)
-            W[p] = w if norm is None else w * rms_gain(norm, c.model_type).view(-1, d, 1)
-        layers.append(dict(kind='standard', W_q=W['q'], W_k=W['k'].repeat_interleave(H // kv, 0)))
-    if len(layers) != c.num_hidden_layers:
-        raise SystemExit(f"error: {len(layers)} attention layers found in a {c.model_type} model of "
-                         f"{c.num_hidden_layers}: its q/k projections not read")
-    if getattr(base, 'rotary_emb', None) is not None:   # R_Δ on the first r dims of a head (partial: r < d)
-        offs = torch.tensor([[o for o in OFFSETS if o < c.max_position_embeddings]])
-        cos, sin = (t[0].double().cpu() for t in base.rotary_emb(torch.zeros(1, device=Wq.device), offs))
-        E, r = torch.eye(cos.shape[-1], dtype=torch.float64), cos.shape[-1]
-        rot = torch.eye(d, dtype=torch.float64).repeat(offs.shape[1], 1, 1)
-        rotate_half = sys.modules[type(a).__module__].rotate_half   # on the rows of E: R^T
-        rot[:, :r, :r] = (E * cos[:, None] + rotate_half(E) * sin[:, None]).mT
-        layers = [w | {'rot': rot} for w in layers]
-    return layers
-
-
-CAPTURED = []   # per attention call: (q with the scaling folded in, k of each query head, soft-cap or None)
-
-
-def capture(module, q, k, v, mask, scaling=None, softcap=None, **kw):
-    """A transformers attention function: records the q, k (post-rotary) and scaling the layer computed (query
-    head h with key head h // (H / H_kv), as repeat_kv), then runs the family's own eager attention."""
-    scaling = q.shape[-1] ** -0.5 if scaling is None else scaling
-    CAPTURED.append((q.double() * scaling, k.double().repeat_interleave(q.shape[1] // k.shape[1], 1),
-                     softcap))
-    return sys.modules[type(module).__module__].eager_attention_forward(
-        module, q, k, v, mask, scaling=scaling, **kw, **({'softcap': softcap} if softcap else {}))
+    """Per layer of one of our GPTs: dict(kind, W_q, W_k[, S, D]) in float64 (S−D: W_q = L^T W computed in
+    float64, so that the symmetric part is exactly −W^T D W)."""
+    return [dict(kind=a.kind, **{k: v.detach() for k, v in a.head_weights(torch.float64).items()})
+            for a in model.attention_layers()]
 
 
 @torch.no_grad()
 def layer_qk(module, idx):
     """Per layer on token ids idx (B, T): (q, k, cap), q, k (B, H, T, d) in float64 as the layer computes
     them (after its norms, biases, rotary), the scores q·k (its scaling folded into q), capped at cap/None."""
-    if isinstance(module, GPT):   # each attention layer's own qkv on its input
-        qk = []
-        hooks = [a.register_forward_pre_hook(lambda a, args: qk.append(a.qkv(args[0])[:2]))
-                 for a in module.attention_layers()]
-        module(idx)
-        for h in hooks:
-            h.remove()
-        return [(q.double() / math.sqrt(q.shape[-1]), k.double(), None) for q, k in qk]
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS as masks
-    AttentionInterface.register('analyze', capture)
-    masks.register('analyze', masks['eager'])
-    c, impl = module.config, module.config._attn_implementation
-    CAPTURED.clear()
-    c._attn_implementation = 'analyze'
-    try:
-        module.base_model(idx)
-    finally:
-        c._attn_implementation = impl
-    return list(CAPTURED)
+    if not isinstance(module, GPT):
+        return hf_qk(module, idx)
+    qk = []   # each attention layer's own qkv on its input
+    hooks = [a.register_forward_pre_hook(lambda a, args: qk.append(a.qkv(args[0])[:2]))
+             for a in module.attention_layers()]
+    module(idx)
+    for h in hooks:
+        h.remove()
+    return [(q.double() / math.sqrt(q.shape[-1]), k.double(), None) for q, k in qk]
 
 
 def map_layers(fn, layers):
@@ -291,45 +208,23 @@ def data_rows(name, kinds, module, seqs, bar):
 def load_model(source, hf, device):
     """(module, info) of a train.py checkpoint or out_dir, or with hf, of a transformers model of FAMILIES
     (hub name or directory; float32, eager); info['tok']: its tokenizer, data.tokenizer_of's or ('hf', dir)"""
-    if not hf:
-        model, ckpt = GPT.from_checkpoint(source, device)
-        c = model.config
-        return model.eval(), dict(norm=c.norm, max_len=c.block_size, vocab=c.vocab_size,
-                                  tok=data.tokenizer_of(ckpt))
-    os.environ.setdefault('HF_HUB_VERBOSITY', 'error')   # no retry chatter offline
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    try:   # the family is checked before any weights are read
-        c = transformers.AutoConfig.from_pretrained(source)
-        module = c.model_type in FAMILIES and transformers.AutoModel.from_pretrained(
-            source, dtype=torch.float32, attn_implementation='eager').to(device).eval()   # LlamaModel, ...
-    except Exception as e:
-        raise SystemExit(f"error: cannot load {source!r} ({type(e).__name__}: "
-                         f"{(str(e).strip() or '-').splitlines()[0]}); give a local model directory or a hub "
-                         f"name that is online or in the local cache")
-    if not module:
-        raise SystemExit(f"error: {source} is a {c.model_type!r} model, a family --hf does not read; it "
-                         f"reads {', '.join(FAMILIES)}")
-    return module, dict(norm='layernorm', max_len=c.max_position_embeddings, vocab=c.vocab_size,
-                        tok=('gpt2', None) if c.model_type == 'gpt2' else ('hf', source))
+    if hf:
+        return load_hf(source, device)
+    model, ckpt = GPT.from_checkpoint(source, device)
+    c = model.config
+    return model.eval(), dict(norm=c.norm, max_len=c.block_size, vocab=c.vocab_size,
+                              tok=data.tokenizer_of(ckpt))
 
 
 def tokenize(lines, tok, num_seqs, seq_len, vocab):
     """Up to num_seqs sequences (LongTensors of 2..seq_len ids) of the lines in the tokenizer tok, or None."""
-    if tok[0] != 'hf':
-        from data import codec
-        enc = codec(tok)[0]
+    if tok[0] == 'hf':
+        encode = hf_encoder(tok[1], vocab, seq_len)
+    else:
+        enc = data.codec(tok)[0]
         encode = lambda line: enc(line)[:seq_len]
-    else:   # the model's own, special tokens (BOS, [CLS] ... [SEP]) included
-        from transformers import AutoTokenizer
-        try:
-            hf_tok = AutoTokenizer.from_pretrained(tok[1])
-        except Exception:
-            return None
-        if len(hf_tok) < vocab // 2:   # a directory without vocabulary files gives special tokens alone
-            return None
-        encode = lambda line: hf_tok(line, truncation=True, max_length=seq_len)['input_ids']
-    return list(islice((torch.tensor(ids) for ids in map(encode, lines) if len(ids) >= 2), num_seqs)) or None
+    seqs = (torch.tensor(ids) for ids in map(encode, lines) if len(ids) >= 2) if encode else ()
+    return list(islice(seqs, num_seqs)) or None
 
 
 def make_figures(rows, summary):
@@ -337,9 +232,9 @@ def make_figures(rows, summary):
     from matplotlib.figure import Figure
     models, arms = summary['models'], summary['arms']
     levels = [lv for lv in LEVELS if any(lv in m for m in models.values())]
-    curves = [(f"{arm_label(a)} ({len(st['seeds'])} seeds)", st, models[st['seeds'][0]])
+    curves = [(f"{data.label(a)} ({len(st['seeds'])} seeds)", st, models[st['seeds'][0]])
               for a, st in arms.items()]
-    curves += [(name, m, m) for name, m in models.items() if arm_of(name) not in arms]
+    curves += [(name, m, m) for name, m in models.items() if data.arm_of(name) not in arms]
     figs = {}
     for fname, metric, label in (('cascade.png', 'routing_erank', 'routing erank (skew; dashed: capacity)'),
                                  ('rho.png', 'rho', r'$\rho = \|skew\|_F / \|sym\|_F$')):
@@ -350,7 +245,7 @@ def make_figures(rows, summary):
             for i, (name, st, m) in ((i, c) for i, c in enumerate(curves) if lv in c[1]):   # C{i}: a model's
                 x = (torch.arange(m['n_layer']) / max(m['n_layer'] - 1, 1)).numpy()
                 mean, std = (torch.tensor(st[lv][metric][k]).float().numpy() for k in ('mean', 'std'))
-                ax.plot(x, mean, 'o-', ms=3, color=f'C{i}', label=arm_label(name))
+                ax.plot(x, mean, 'o-', ms=3, color=f'C{i}', label=data.label(name))
                 ax.fill_between(x, mean - std, mean + std, color=f'C{i}', alpha=0.12, lw=0)
                 if metric == 'routing_erank':
                     ax.plot(x, m[lv]['routing_capacity']['mean'], '--', lw=1, color=f'C{i}', alpha=0.7)
@@ -397,7 +292,7 @@ def suggest_config(name, m, allocate='rank'):
     return '\n'.join(lines) + '\n'
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = lambda msg: sys.exit(f"error: {msg} (see python analyze.py --help)")
     p.add_argument('--ckpt', nargs='+', default=[], metavar='PATH', help='train.py checkpoints (or out_dirs)')
@@ -423,71 +318,69 @@ def main(argv=None):
             p.error(msg)
     try:
         os.makedirs(args.out_dir, exist_ok=True)
-        lines = args.text_file and [x.strip() for x in open(args.text_file, encoding='utf-8') if x.strip()]
+        args.lines = args.text_file and [t.strip() for t in open(args.text_file, encoding='utf-8')
+                                         if t.strip()]
     except (OSError, UnicodeDecodeError) as e:
         p.error(f'cannot create --out_dir {args.out_dir} or read --text_file {args.text_file} ({e})')
-    texts = {}   # --dataset: {its tokenizer: sequences}
+    args.texts = {}   # --dataset: {its tokenizer: sequences}
     if args.dataset:
         val = data.open_split(args.data_root, args.dataset, 'val')
         if len(val) <= args.seq_len + 1:
-            p.error(f"{args.dataset}'s val split has {len(val)} tokens, not enough for --seq_len "
-                    f"{args.seq_len}")
+            p.error(f"{args.dataset}'s val split has {len(val)} tokens, too few for --seq_len {args.seq_len}")
         tok = data.tokenizer_of(data.read_meta(args.data_root, args.dataset))
-        texts[tok] = list(data.get_batch(val, args.num_seqs, args.seq_len, seed=0)[0])
+        args.texts[tok] = list(data.get_batch(val, args.num_seqs, args.seq_len, seed=0)[0])
+    return args
 
-    rows, models = [], {}
-    for i, source in enumerate(args.ckpt + args.hf):
-        module, info = load_model(source, i >= len(args.ckpt), args.device)
-        name = run_name(source) + (f'_{i + 1}' if run_name(source) in models else '')
-        seqs = tokenize(lines, info['tok'], args.num_seqs, args.seq_len, info['vocab']) if lines else \
-            texts.get(info['tok'])
-        if (lines or texts) and not seqs:
-            print(f"warning: no local tokenizer for {name} that reads the text: no data level",
-                  file=sys.stderr)
-        seqs = [t[:info['max_len']].to(args.device) for t in seqs or []]
-        if seqs and max(t.max().item() for t in seqs) >= info['vocab']:
-            raise SystemExit(f"error: the text has token ids beyond {name}'s vocabulary: give text in its "
-                             f"tokenizer")
-        layers = gpt_layers(module) if isinstance(module, GPT) else hf_layers(module)
-        L, (H, _, n_embd) = len(layers), layers[0]['W_q'].shape
-        own = [r for j, (m, w) in enumerate(zip(map_layers(layer_metrics, layers), layers))
-               for r in weight_rows(name, w, j, m)]
-        if seqs:
-            with tqdm(total=L * len(seqs), desc=f'{name} on text', unit='layer', dynamic_ncols=True) as bar:
-                own += data_rows(name, [w['kind'] for w in layers], module, seqs, bar)
-        m = models[name] = dict(source=source, n_layer=L, n_head=H, n_embd=n_embd, norm=info['norm'],
-                                heads=L * H, head_dim=[w['W_q'].shape[1] for w in layers],
-                                attn=[w['kind'] for w in layers], num_seqs=len(seqs))
-        if 'rot' in layers[0]:
-            m['offsets'] = OFFSETS[:len(layers[0]['rot'])]
-        for lv, k in product(LEVELS, METRICS):   # per layer, mean and std over heads
-            v = [[r[k] for r in own if r['level'] == lv and r['layer'] == j and r.get(k) is not None]
-                 for j in range(L)]
-            if any(v):
-                v = [torch.tensor(x or [math.nan], dtype=torch.float64) for x in v]
-                m.setdefault(lv, {})[k] = dict(mean=finite([x.mean().item() for x in v]),
-                                               std=finite([x.std(correction=0).item() for x in v]))
-        rows += own
-        del module, layers   # one model in memory at a time
 
-    arms = {}   # of several seeds (models NAME_s<seed>): per layer, mean and std over seeds of their means
-    for arm in dict.fromkeys(map(arm_of, models)):
-        names = [name for name in models if arm_of(name) == arm]
+def analyse(name, source, hf, args):
+    """One model: (the rows of its heads, its summary: shape and per level, metric and layer the mean and std
+    over heads)."""
+    module, info = load_model(source, hf, args.device)
+    seqs = tokenize(args.lines, info['tok'], args.num_seqs, args.seq_len, info['vocab']) if args.lines else \
+        args.texts.get(info['tok'])
+    if (args.lines or args.texts) and not seqs:
+        print(f"warning: no local tokenizer for {name} that reads the text: no data level", file=sys.stderr)
+    seqs = [t[:info['max_len']].to(args.device) for t in seqs or []]
+    if seqs and max(t.max().item() for t in seqs) >= info['vocab']:
+        raise SystemExit(f"error: the text has token ids beyond {name}'s vocabulary: give text in its "
+                         f"tokenizer")
+    layers = gpt_layers(module) if isinstance(module, GPT) else hf_layers(module)
+    L, (H, _, n_embd) = len(layers), layers[0]['W_q'].shape
+    rows = [r for j, (m, w) in enumerate(zip(map_layers(layer_metrics, layers), layers))
+            for r in weight_rows(name, w, j, m)]
+    if seqs:
+        with tqdm(total=L * len(seqs), desc=f'{name} on text', unit='layer', dynamic_ncols=True) as bar:
+            rows += data_rows(name, [w['kind'] for w in layers], module, seqs, bar)
+    m = dict(source=source, n_layer=L, n_head=H, n_embd=n_embd, norm=info['norm'], heads=L * H,
+             head_dim=[w['W_q'].shape[1] for w in layers], attn=[w['kind'] for w in layers],
+             num_seqs=len(seqs))
+    if 'rot' in layers[0]:
+        m['offsets'] = OFFSETS[:len(layers[0]['rot'])]
+    for lv, k in product(LEVELS, METRICS):
+        v = [[r[k] for r in rows if r['level'] == lv and r['layer'] == j and r.get(k) is not None]
+             for j in range(L)]
+        if any(v):
+            v = [torch.tensor(x or [math.nan], dtype=torch.float64) for x in v]
+            m.setdefault(lv, {})[k] = band([(x.mean().item(), x.std(correction=0).item()) for x in v])
+    return rows, m
+
+
+def by_arm(models):
+    """Arms of several seeds (models NAME_s<seed>): per layer, mean and std over the seeds of their means."""
+    arms = {}
+    for arm in dict.fromkeys(map(data.arm_of, models)):
+        names = [name for name in models if data.arm_of(name) == arm]
         for lv, k in product(LEVELS, METRICS):
             per_seed = [models[name].get(lv, {}).get(k, {}).get('mean') for name in names]
             if len(names) > 1 and None not in per_seed:
-                v = [mean_std(x) if None not in x else (None, None) for x in zip(*per_seed)]
                 st = arms.setdefault(arm, dict(seeds=names)).setdefault(lv, {})
-                st[k] = dict(mean=finite([a for a, _ in v]), std=finite([s for _, s in v]))
-    summary = dict(total_heads=sum(m['heads'] for m in models.values()), metrics=METRICS, rel_tol=REL_TOL,
-                   models=models, arms=arms)
-    outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
-    outputs |= {f: lambda file, fig=fig: fig.savefig(file, format='png', dpi=130)
-                for f, fig in make_figures(rows, summary).items()}
-    suggested = {args.suggest: suggest_config(name, models[name], args.allocate)} if args.suggest else {}
-    data.write_files({os.path.join(args.out_dir, f): out for f, out in outputs.items()} | suggested)
+                st[k] = band([data.mean_std(x) if None not in x else (None, None) for x in zip(*per_seed)])
+    return arms
 
-    for name, m in models.items():   # per layer, the columns of TABLE that the model has
+
+def report(models, arms):
+    """Per model and layer the columns of TABLE it has; per arm and metric the mean ± std over seeds."""
+    for name, m in models.items():
         cols = [(h, m[lv][k]['mean']) for lv, t in TABLE.items() for h, k in t.items() if k in m.get(lv, {})]
         print(f"\n{name}: {m['n_layer']} layers x {m['n_head']} heads, d_model {m['n_embd']}, norm "
               f"{m['norm']}\nlayer     attn  d_h " + ' '.join(f'{h:>10}' for h, _ in cols))
@@ -500,6 +393,25 @@ def main(argv=None):
             for k, v in st.get(lv, {}).items():
                 print(f"{lv:>6} {k:<16} " + ' '.join('-' if x is None else f'{x:.3g}±{s:.2g}'
                                                      for x, s in zip(v['mean'], v['std'])))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows, models = [], {}   # every model's heads; per model its summary
+    for i, source in enumerate(args.ckpt + args.hf):   # one model in memory at a time
+        name = data.run_name(source) + (f'_{i + 1}' if data.run_name(source) in models else '')
+        own, models[name] = analyse(name, source, i >= len(args.ckpt), args)
+        rows += own
+    arms = by_arm(models)
+    summary = dict(total_heads=sum(m['heads'] for m in models.values()), metrics=METRICS, rel_tol=REL_TOL,
+                   models=models, arms=arms)
+    # every file at once: heads.csv, summary.json, the figures, the suggested config
+    outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
+    outputs |= {f: lambda file, fig=fig: fig.savefig(file, format='png', dpi=130)
+                for f, fig in make_figures(rows, summary).items()}
+    suggested = {args.suggest: suggest_config(name, models[name], args.allocate)} if args.suggest else {}
+    data.write_files({os.path.join(args.out_dir, f): out for f, out in outputs.items()} | suggested)
+    report(models, arms)
     print(f"\n{summary['total_heads']} heads -> {args.out_dir}/ ({', '.join(outputs)})" +
           (f"; config -> {args.suggest}" if args.suggest else ''))
 

@@ -5,8 +5,8 @@ softmax k/v cache vs ELU+1 state (alone, beside a 32-token window); analyze.py's
 of GPT-2/BERT shapes (random weights) vs the naive float64 kernel on a few heads, extrapolated, and the
 weight and rotary levels of a random Llama-3.2-1B-shaped model (--hf's reading included).
 CPU: process CPU time, one thread (~9 min); GPU: synchronize + perf_counter, bf16, a 124M model.
-    python bench.py [--quick] [--device cuda] [--json out.json]
-        # --quick: seconds, tiny shapes, compile 'eager'
+    python bench.py [--quick] [--device cuda] [--json out.json] [--attn TYPE ...]
+        # --quick: seconds, tiny shapes, compile 'eager'; --attn: training and decoding of these types only
 """
 import argparse
 import json
@@ -17,12 +17,13 @@ from contextlib import nullcontext
 import torch
 
 import data
-from analyze import OFFSETS, hf_layers, kernel_metrics, kernel_metrics_naive, layer_metrics, map_layers
-from model import GPT, Cache, GPTConfig
+from analyze import kernel_metrics, kernel_metrics_naive, layer_metrics, map_layers
+from hf import OFFSETS, hf_layers
+from model import ATTN_TYPES, GPT, Cache, GPTConfig
 
-ATTNS = ('standard', 'sd', 'linear')
-DECODE = (('softmax, k/v cache', dict(attn='standard')), ('ELU+1, recurrent state', dict(attn='linear')),
-          ('ELU+1 + 32-token softmax window', dict(attn='linear', linear_window=32)))   # name, GPTConfig keys
+DECODE = (('softmax', 'softmax, k/v cache', dict(attn='standard')),   # short name, name, GPTConfig keys
+          ('ELU+1', 'ELU+1, recurrent state', dict(attn='linear')),
+          ('window', 'ELU+1 + 32-token softmax window', dict(attn='linear', linear_window=32)))
 PAPER = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),   # n_layer,
          'bert-base': (12, 12, 768), 'bert-large': (24, 16, 1024)}           # n_head, d_model; d_h = 64
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -46,21 +47,9 @@ SETUPS = {
                       llama=dict(LLAMA_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256))),
 }
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument('--quick', action='store_true', help="tiny shapes, seconds (CI smoke run)")
-p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-p.add_argument('--json', help="also write every number to this file")
-args = p.parse_args()
-device, cuda = args.device, args.device.startswith('cuda')
-s = SETUPS['quick' if args.quick else 'cuda' if cuda else 'cpu']
-if not cuda:
-    torch.set_num_threads(1)
-dtype = torch.bfloat16 if cuda else torch.float32
-autocast = torch.autocast('cuda', dtype=dtype) if cuda else nullcontext()
-clock = (lambda: torch.cuda.synchronize() or time.perf_counter()) if cuda else time.process_time
 
 
-def timed(fn, n=1, clock=clock):   # (seconds per call over n calls of fn, its last result)
+def timed(fn, clock, n=1):   # (seconds per call over n calls of fn, its last result)
     t0 = clock()
     for _ in range(n):
         out = fn()
@@ -76,126 +65,152 @@ def table(headers, rows):
         print('  '.join(v.rjust(w) for v, w in zip(r, widths)))
 
 
-def decode_ms(model, prompt, new_tokens):
+def training(s, env, peak, types):
+    """Tokens/s per attention type, eager and compiled (the same weights and batch), interleaved repeats."""
+    c, B, T = s['train'], s['batch'], s['train']['block_size']
+    tokens = torch.randint(c['vocab_size'], (B, T + 1), generator=torch.Generator().manual_seed(0))
+    x, y = tokens[:, :-1].contiguous().to(env.device), tokens[:, 1:].contiguous().to(env.device)
+    runs = {}
+    for attn in types:
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            model = GPT(GPTConfig(**c, bias=False, attn=attn)).to(env.device)
+            opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda' if env.cuda else 'cpu')
+            fwd = torch.compile(model, backend='eager' if env.quick else 'inductor') if compiled else model
+
+            def step(model=model, opt=opt, fwd=fwd):   # train.py's
+                with env.autocast:
+                    loss = fwd(x, y)[1]
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss
+
+            first_s = timed(step, env.clock if env.cuda else time.perf_counter)[0]   # compiles
+            runs[attn, compiled] = dict(model=model, step=step, first_s=first_s, times=[])
+            step()
+    for _ in range(s['repeats']):   # interleaved: load drift hits every variant alike
+        for r in runs.values():
+            dt, r['loss'] = timed(r['step'], env.clock, s['steps'])
+            r['times'].append(dt)
+    by = {(a, comp): dict(attn=a, compiled=comp, tokens_per_s=B * T / dt, ms_per_step=1e3 * dt,
+                          first_step_s=r['first_s'], mfu=r['model'].flops_per_token(T) * B * T / dt / peak,
+                          loss=r['loss'].item(), params=r['model'].num_params())
+          for (a, comp), r in runs.items() for dt in [statistics.median(r['times'])]}
+    tok, base = {k: r['tokens_per_s'] for k, r in by.items()}, types[0]
+    print(f"\ntraining: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, block {T}, batch {B}, "
+          f"vocab {c['vocab_size']}; tokens/s (MFU); blocks of {s['steps']} steps"
+          f"{' (compile backend eager)' * env.quick}")
+    table(['attn', 'eager tok/s', 'compiled tok/s', 'compiled/eager', f'vs {base}, eager',
+           f'vs {base}, compiled', 'MFU eager', 'MFU compiled', 'compile s', 'loss eager', 'loss compiled'],
+          [[a, tok[a, False], tok[a, True], tok[a, True] / tok[a, False], tok[a, False] / tok[base, False],
+            tok[a, True] / tok[base, True], *(f"{100 * by[a, comp]['mfu']:.2g}%" for comp in (False, True)),
+            by[a, True]['first_step_s'], by[a, False]['loss'], by[a, True]['loss']] for a in types])
+    return list(by.values())
+
+
+def decode_ms(model, prompt, new_tokens, env):
     """Median ms between successive decode forwards of one model.generate call (sampling included)."""
     starts = []
-    hook = model.register_forward_pre_hook(lambda module, args: starts.append(clock()))
-    with autocast:
+    hook = model.register_forward_pre_hook(lambda module, args: starts.append(env.clock()))
+    with env.autocast:
         model.generate(prompt, new_tokens)
     hook.remove()
     return 1e3 * statistics.median(b - a for a, b in zip(starts[1:], starts[2:]))   # starts[0]: the prompt
 
 
-mat = torch.randn(s['peak_n'], s['peak_n'], device=device, dtype=dtype)   # matmul peak: best of 5 blocks of 5
-peak = 2 * s['peak_n'] ** 3 / min([timed(lambda: mat @ mat, 5)[0] for _ in range(6)][1:])   # 1st: warm-up
-device_name = torch.cuda.get_device_name(device) if cuda else 'cpu, 1 thread'
-print(f"bench.py{' --quick' if args.quick else ''} | {device_name} | torch {torch.__version__} | "
-      f"{str(dtype)[6:]} | {'synchronize + perf_counter' if cuda else 'process CPU time'}, "
-      f"medians of {s['repeats']} repeats | "
-      f"measured matmul peak {peak / 1e12:.3g} TFLOP/s")
-
-# training: per attention type, eager and compiled
-c, B, T = s['train'], s['batch'], s['train']['block_size']
-tokens = torch.randint(c['vocab_size'], (B, T + 1), generator=torch.Generator().manual_seed(0)).to(device)
-x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-runs = {}
-for attn in ATTNS:
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(**c, bias=False, attn=attn)).to(device)
-        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda' if cuda else 'cpu')
-        fwd = torch.compile(model, backend='eager' if args.quick else 'inductor') if compiled else model
-
-        def step(model=model, opt=opt, fwd=fwd):   # train.py's
-            with autocast:
-                loss = fwd(x, y)[1]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        first_s = timed(step, clock=clock if cuda else time.perf_counter)[0]   # compiles
-        runs[attn, compiled] = dict(model=model, step=step, first_s=first_s, times=[])
-        step()
-for _ in range(s['repeats']):   # interleaved: load drift hits every variant alike
-    for r in runs.values():
-        dt, r['loss'] = timed(r['step'], s['steps'])
-        r['times'].append(dt)
-by = {(a, comp): dict(attn=a, compiled=comp, tokens_per_s=B * T / dt, ms_per_step=1e3 * dt,
-                      first_step_s=r['first_s'], mfu=r['model'].flops_per_token(T) * B * T / dt / peak,
-                      loss=r['loss'].item(), params=r['model'].num_params())
-      for (a, comp), r in runs.items() for dt in [statistics.median(r['times'])]}
-tok = {k: r['tokens_per_s'] for k, r in by.items()}
-print(f"\ntraining: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, block {T}, batch {B}, vocab "
-      f"{c['vocab_size']}; tokens/s (MFU); blocks of {s['steps']} steps"
-      f"{' (compile backend eager)' * args.quick}")
-table(['attn', 'eager tok/s', 'compiled tok/s', 'compiled/eager', 'vs standard, eager',
-       'vs standard, compiled', 'MFU eager', 'MFU compiled', 'compile s', 'loss eager', 'loss compiled'],
-      [[a, tok[a, False], tok[a, True], tok[a, True] / tok[a, False], tok[a, False] / tok['standard', False],
-        tok[a, True] / tok['standard', True], *(f"{100 * by[a, comp]['mfu']:.2g}%" for comp in (False, True)),
-        by[a, True]['first_step_s'], by[a, False]['loss'], by[a, True]['loss']] for a in ATTNS])
-
-
-
-def cache_bytes(model, prompt):
+def cache_bytes(model, prompt, env):
     """Bytes of a model's decode caches after the prompt (softmax: k/v buffers of the prompt's length)."""
     cache = [Cache() for _ in range(model.config.n_layer)]
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), env.autocast:
         model(prompt, cache=cache)
     tensors = [t for c in cache for t in (c.k, c.v, *(c.state or ())) if t is not None]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-c, contexts, models = dict(s['decode'], block_size=max(s['contexts']) + s['new_tokens']), s['contexts'], {}
-for name, kw in DECODE:   # decode: ms/token after prompts of each length; positions for the longest + new
-    torch.manual_seed(0)
-    models[name] = GPT(GPTConfig(**c, bias=False, **kw)).to(device).eval()
-    decode_ms(models[name], torch.zeros(1, contexts[0], dtype=torch.long, device=device), 8)   # warm-up
-g = torch.Generator().manual_seed(0)
-prompts = {L: torch.randint(c['vocab_size'], (1, L), generator=g).to(device) for L in contexts}
-ms = [{(name, L): decode_ms(model, prompts[L], s['new_tokens'])
-       for L in contexts for name, model in models.items()}
-      for _ in range(s['decode_repeats'])]   # interleaved
-decode = [dict(context=L, **{name: statistics.median(m[name, L] for m in ms) for name in models},
-               **{f'{name} bytes': cache_bytes(model, prompts[L]) for name, model in models.items()})
-          for L in contexts]
-soft, elu, win = models
-print(f"\ndecode: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, vocab {c['vocab_size']}, "
-      f"batch 1; ms/token, {s['new_tokens']} new tokens after a prompt of `context` tokens "
-      f"(model.generate); the caches' KiB after the prompt")
-table(['context', soft, elu, win, 'softmax/ELU+1', 'softmax/window', *(f'{n.split(",")[0]} KiB'
-                                                                      for n in models)],
-      [[r['context'], r[soft], r[elu], r[win], r[soft] / r[elu], r[soft] / r[win],
-        *(r[f'{n} bytes'] / 1024 for n in models)] for r in decode])
+def decoding(s, env, setups):
+    """ms/token after prompts of each length, and the caches' bytes, per setup (short name, name, GPTConfig
+    keys); positions for the longest prompt and the new tokens."""
+    c, models = dict(s['decode'], block_size=max(s['contexts']) + s['new_tokens']), {}
+    for _, name, kw in setups:
+        torch.manual_seed(0)
+        models[name] = GPT(GPTConfig(**c, bias=False, **kw)).to(env.device).eval()
+        decode_ms(models[name], torch.zeros(1, s['contexts'][0], dtype=torch.long, device=env.device), 8, env)
+    g = torch.Generator().manual_seed(0)
+    prompts = {L: torch.randint(c['vocab_size'], (1, L), generator=g).to(env.device) for L in s['contexts']}
+    ms = [{(name, L): decode_ms(model, prompts[L], s['new_tokens'], env) for L in prompts
+           for name, model in models.items()} for _ in range(s['decode_repeats'])]   # interleaved
+    rows = [dict(context=L, **{n: statistics.median(m[n, L] for m in ms) for n in models},
+                 **{f'{n} bytes': cache_bytes(model, prompts[L], env) for n, model in models.items()})
+            for L in prompts]
+    short, names = [x[0] for x in setups], list(models)
+    print(f"\ndecode: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, vocab {c['vocab_size']}, "
+          f"batch 1; ms/token, {s['new_tokens']} new tokens after a prompt of `context` tokens "
+          f"(model.generate); the caches' KiB after the prompt")
+    table(['context', *names, *(f'{short[0]}/{x}' for x in short[1:]), *(f'{x} KiB' for x in short)],
+          [[r['context'], *(r[n] for n in names), *(r[names[0]] / r[n] for n in names[1:]),
+            *(r[f'{n} bytes'] / 1024 for n in names)] for r in rows])
+    return rows
 
-a, k = s['analysis'], s['analysis']['naive_heads']   # every head's metrics vs the naive kernel on k heads
-torch.set_num_threads(1)   # CPU work whatever --device, on one thread like the naive reference
-torch.manual_seed(0)
-layers = {m: [dict(kind='standard', W_q=w[0], W_k=w[1]) for w in 0.02 * torch.randn(L, 2, H, a['d_head'], n)]
-          for m, (L, H, n) in a['shapes'].items()}
-fast, naive, err = {m: [] for m in layers}, {m: [] for m in layers}, 0.0
-rel = lambda x, ref: max(((x[key][:len(v)] - v).abs() / v.abs().clamp_min(1)).max().item()   # noqa: E731
-                         for key, v in ref.items())
-for _ in range(a['repeats']):
-    for m, ws in layers.items():
-        dt, fm = timed(lambda: list(map_layers(layer_metrics, ws))[0]['weight'], clock=time.process_time)
-        fast[m].append(dt)
-        dt, ref = timed(lambda: kernel_metrics_naive(ws[0]['W_q'][:k], ws[0]['W_k'][:k]),
-                        clock=time.process_time)
-        naive[m].append(dt / k * len(ws) * ws[0]['W_q'].size(0))   # the first k heads of layer 0, scaled
-        err = max(err, rel(fm, ref))
-rows = [dict(model=m, heads=L * H, d_model=n, fast_s=statistics.median(fast[m]),
-             naive_s=statistics.median(naive[m])) for m, (L, H, n) in a['shapes'].items()]
-heads, fast_s, naive_s = (sum(r[key] for r in rows) for key in ('heads', 'fast_s', 'naive_s'))
-analysis = dict(heads=heads, fast_s=fast_s, naive_s=naive_s, speedup=naive_s / fast_s, max_rel_diff=err,
-                shapes=rows)
-print(f"\nanalysis: weight-kernel metrics of {heads:,} heads (d_h {a['d_head']}), CPU s on 1 thread, median "
-      f"of {a['repeats']}; naive float64 n x n kernel: {k} head(s) per shape timed, extrapolated")
-table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s', 'speedup'],
-      [[r['model'], r['heads'], r['d_model'], r['fast_s'], r['naive_s'], r['naive_s'] / r['fast_s']]
-       for r in rows] + [['total', heads, '', fast_s, naive_s, naive_s / fast_s]])
-print(f"max relative difference analyze.py vs naive, every metric: {err:.1e}")
+
+def rel(x, ref):   # the largest relative difference between two dicts of metrics, on ref's heads
+    return max(((x[key][:len(v)] - v).abs() / v.abs().clamp_min(1)).max().item() for key, v in ref.items())
+
+
+def analysis(a):
+    """CPU s of analyze.py's weight-kernel metrics of every head of the shapes a['shapes'] (random weights)
+    against the naive float64 kernel on a['naive_heads'] heads, extrapolated."""
+    k, clock = a['naive_heads'], time.process_time
+    torch.set_num_threads(1)   # CPU work whatever --device, on one thread like the naive reference
+    torch.manual_seed(0)
+    layers = {m: [dict(kind='standard', W_q=w[0], W_k=w[1])
+                  for w in 0.02 * torch.randn(L, 2, H, a['d_head'], n)]
+              for m, (L, H, n) in a['shapes'].items()}
+    fast, naive, err = {m: [] for m in layers}, {m: [] for m in layers}, 0.0
+    for _ in range(a['repeats']):
+        for m, ws in layers.items():
+            dt, fm = timed(lambda: list(map_layers(layer_metrics, ws))[0]['weight'], clock)
+            fast[m].append(dt)
+            dt, ref = timed(lambda: kernel_metrics_naive(ws[0]['W_q'][:k], ws[0]['W_k'][:k]), clock)
+            naive[m].append(dt / k * len(ws) * ws[0]['W_q'].size(0))   # the first k heads of layer 0, scaled
+            err = max(err, rel(fm, ref))
+    rows = [dict(model=m, heads=L * H, d_model=n, fast_s=statistics.median(fast[m]),
+                 naive_s=statistics.median(naive[m])) for m, (L, H, n) in a['shapes'].items()]
+    heads, fast_s, naive_s = (sum(r[key] for r in rows) for key in ('heads', 'fast_s', 'naive_s'))
+    out = dict(heads=heads, fast_s=fast_s, naive_s=naive_s, speedup=naive_s / fast_s, max_rel_diff=err,
+               shapes=rows)
+    print(f"\nanalysis: weight-kernel metrics of {heads:,} heads (d_h {a['d_head']}), CPU s on 1 thread, "
+          f"median of {a['repeats']}; naive float64 n x n kernel: {k} head(s) per shape timed, extrapolated")
+    table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s', 'speedup'],
+          [[r['model'], r['heads'], r['d_model'], r['fast_s'], r['naive_s'], r['naive_s'] / r['fast_s']]
+           for r in rows] + [['total', heads, '', fast_s, naive_s, naive_s / fast_s]])
+    print(f"max relative difference analyze.py vs naive, every metric: {err:.1e}")
+    return out
+
+
+def analysis_llama(a):
+    """The same of a random Llama (a['llama']): weight and rotary levels of every head, as analyze.py --hf."""
+    model, clock, shape = llama(a['llama']), time.process_time, a['llama']
+    times = [timed(lambda: list(map_layers(layer_metrics, hf_layers(model))), clock)
+             for _ in range(a['repeats'])]
+    w, m1b = hf_layers(model)[0], times[-1][1]   # naive: a head of layer 0, offset 0 and the last offset
+    Wq, Wk, rot, heads = w['W_q'][:1], w['W_k'][:1], w['rot'][-1], len(m1b) * w['W_q'].shape[0]
+    dt, ref = timed(lambda: kernel_metrics_naive(Wq, Wk), clock)
+    err = max(rel(m1b[0]['weight'], ref),
+              rel(kernel_metrics(Wq, Wk, rot=rot), kernel_metrics_naive(Wq, Wk, rot=rot)))
+    out = dict(params=sum(p.numel() for p in model.parameters()), heads=heads, d_model=Wq.shape[-1],
+               offsets=len(w['rot']), fast_s=statistics.median(t for t, _ in times),
+               naive_weight_s=dt * heads, max_rel_diff=err)
+    print(f"\nanalysis of a random Llama-3.2-1B-shaped model ({out['params'] / 1e6:,.1f}M parameters, "
+          f"{shape['num_attention_heads']} query and {shape['num_key_value_heads']} key heads, on the meta "
+          f"device): weight level and rotary level at {len(w['rot'])} offsets, hf_layers included, CPU s on "
+          f"1 thread, median of {a['repeats']}; naive: a head timed, extrapolated")
+    table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s (weight level)'],
+          [['llama-1b', heads, Wq.shape[-1], out['fast_s'], dt * heads]])
+    print(f"max relative difference analyze.py vs naive (a head: its kernel and offset "
+          f"{OFFSETS[len(w['rot']) - 1]}): {err:.1e}")
+    return out
 
 
 def llama(shape):   # a random Llama on the meta device: only q/k projections (std 0.02) and rotary made real
@@ -211,28 +226,37 @@ def llama(shape):   # a random Llama on the meta device: only q/k projections (s
     return model
 
 
-model = llama(a['llama'])   # weight and rotary levels of every head, as analyze.py --hf runs them
-times = [timed(lambda: list(map_layers(layer_metrics, hf_layers(model))), clock=time.process_time)
-         for _ in range(a['repeats'])]
-w, m1b = hf_layers(model)[0], times[-1][1]   # naive: a head of layer 0, offset 0 and the last offset
-Wq, Wk, rot, heads = w['W_q'][:1], w['W_k'][:1], w['rot'][-1], len(m1b) * w['W_q'].shape[0]
-dt, ref = timed(lambda: kernel_metrics_naive(Wq, Wk), clock=time.process_time)
-llama_err = max(rel(m1b[0]['weight'], ref),
-                rel(kernel_metrics(Wq, Wk, rot=rot), kernel_metrics_naive(Wq, Wk, rot=rot)))
-analysis['llama'] = dict(params=sum(p.numel() for p in model.parameters()), heads=heads, d_model=Wq.shape[-1],
-                         offsets=len(w['rot']), fast_s=statistics.median(t for t, _ in times),
-                         naive_weight_s=dt * heads, max_rel_diff=llama_err)
-print(f"\nanalysis of a random Llama-3.2-1B-shaped model ({analysis['llama']['params'] / 1e6:,.1f}M "
-      f"parameters, {a['llama']['num_attention_heads']} query and {a['llama']['num_key_value_heads']} key "
-      f"heads, on the meta device): weight level and rotary level at {len(w['rot'])} offsets, hf_layers "
-      f"included, CPU s on 1 thread, median of {a['repeats']}; naive: a head timed, extrapolated")
-table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s (weight level)'],
-      [['llama-1b', heads, Wq.shape[-1], analysis['llama']['fast_s'], dt * heads]])
-print(f"max relative difference analyze.py vs naive (a head: its kernel and offset "
-      f"{OFFSETS[len(w['rot']) - 1]}): {llama_err:.1e}")
-if args.json:
-    data.write_files({args.json: json.dumps(dict(device=device_name, torch=torch.__version__,
-                                                 dtype=str(dtype), quick=args.quick, peak_flops=peak,
-                                                 settings=s, train=list(by.values()), decode=decode,
-                                                 analysis=analysis),
-                                            indent=1)})
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--quick', action='store_true', help="tiny shapes, seconds (CI smoke run)")
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--json', help="also write every number to this file")
+    p.add_argument('--attn', nargs='+', choices=tuple(ATTN_TYPES),
+                   help='train and decode only these types, no analysis (default: every type; decode: '
+                        'softmax, ELU+1 alone and beside a window)')
+    env = p.parse_args(argv)
+    env.cuda = env.device.startswith('cuda')
+    s = SETUPS['quick' if env.quick else 'cuda' if env.cuda else 'cpu']
+    if not env.cuda:
+        torch.set_num_threads(1)
+    env.dtype = torch.bfloat16 if env.cuda else torch.float32
+    env.autocast = torch.autocast('cuda', dtype=env.dtype) if env.cuda else nullcontext()
+    env.clock = (lambda: torch.cuda.synchronize() or time.perf_counter()) if env.cuda else time.process_time
+    mat = torch.randn(s['peak_n'], s['peak_n'], device=env.device, dtype=env.dtype)   # best of 5 blocks of 5
+    peak = 2 * s['peak_n'] ** 3 / min([timed(lambda: mat @ mat, env.clock, 5)[0] for _ in range(6)][1:])
+    device_name = torch.cuda.get_device_name(env.device) if env.cuda else 'cpu, 1 thread'
+    print(f"bench.py{' --quick' if env.quick else ''} | {device_name} | torch {torch.__version__} | "
+          f"{str(env.dtype)[6:]} | {'synchronize + perf_counter' if env.cuda else 'process CPU time'}, "
+          f"medians of {s['repeats']} repeats | measured matmul peak {peak / 1e12:.3g} TFLOP/s")
+    out = dict(device=device_name, torch=torch.__version__, dtype=str(env.dtype), quick=env.quick,
+               peak_flops=peak, settings=s)
+    out['train'] = training(s, env, peak, env.attn or tuple(ATTN_TYPES))
+    out['decode'] = decoding(s, env, DECODE if env.attn is None else [(a, a, dict(attn=a)) for a in env.attn])
+    if env.attn is None:
+        out['analysis'] = analysis(s['analysis']) | {'llama': analysis_llama(s['analysis'])}
+    if env.json:
+        data.write_files({env.json: json.dumps(out, indent=1)})
+
+
+if __name__ == '__main__':
+    main()

@@ -96,3 +96,8 @@ def test_analysis(result):
     assert math.isclose(a['fast_s'], sum(r['fast_s'] for r in a['shapes']))
     assert math.isclose(a['speedup'], a['naive_s'] / a['fast_s'])
     assert a['max_rel_diff'] < 1e-9   # the fast path computes the naive one's metrics
+
+
+def test_importing_bench_runs_nothing(capsys):   # another module (or a test) may import it
+    import bench
+    assert callable(bench.main) and capsys.readouterr() == ('', '')
