@@ -155,41 +155,33 @@ def references(train, val, V, alpha=0.1):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", nargs="?", choices=DATASETS, metavar="DATASET",
-                        help=f"one of {', '.join(DATASETS)}")
-    parser.add_argument("--input", nargs="+", metavar="FILE",
-                        help="local UTF-8 text files instead of a download")
-    parser.add_argument("--name",
-                        help="output folder name (required with --input; default: the dataset name)")
-    parser.add_argument("--char", action="store_true", help="one token per character (with --input)")
-    parser.add_argument("--bpe", type=int, metavar="N",
-                        help="train a byte-level BPE of N tokens on the train split")
-    parser.add_argument("--val_fraction", type=float, default=0.1,
-                        help="val share of --input or shakespeare tokens")
-    parser.add_argument("--data_root", default="data", help="where NAME/ is written (default: data)")
-    parser.error = lambda msg: sys.exit(f"error: {msg} (see python prepare.py --help)")
-    args = parser.parse_args(argv)
-    name = args.name or args.dataset
-    if (args.dataset is None) == (args.input is None):
-        parser.error("give either a dataset name or --input FILE ... --name NAME")
-    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
-        parser.error("--name NAME is required with --input and must be a plain folder name")
-    if args.char and args.dataset:
-        parser.error("--char goes with --input; the character-level tiny shakespeare is `shakespeare_char`")
-    if args.bpe is not None and not (args.input or args.dataset == "shakespeare"):
-        parser.error("--bpe N goes with --input FILE ... or the dataset shakespeare")
-    if args.bpe is not None and not 257 <= args.bpe <= 65536:
-        parser.error(f"--bpe {args.bpe}: a byte-level BPE needs 257 to 65,536 tokens "
-                     f"(256 bytes, uint16 files)")
-    if args.char and args.bpe:
-        parser.error("give --char or --bpe N, not both")
-    if not 0 < args.val_fraction < 1:
-        parser.error("--val_fraction must be between 0 and 1")
-    for path in args.input or []:
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            parser.error(f"input file {path} not found or empty; give a file with text")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = lambda msg: sys.exit(f"error: {msg} (see python prepare.py --help)")
+    p.add_argument("dataset", nargs="?", choices=DATASETS, metavar="DATASET", help=", ".join(DATASETS))
+    p.add_argument("--input", nargs="+", metavar="FILE", help="local UTF-8 text files instead of a download")
+    p.add_argument("--name", help="output folder name (required with --input; default: the dataset's)")
+    p.add_argument("--char", action="store_true", help="one token per character (with --input)")
+    p.add_argument("--bpe", type=int, metavar="N", help="a byte-level BPE of N tokens from the train split")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="val share of --input or shakespeare")
+    p.add_argument("--data_root", default="data", help="where NAME/ is written (default: data)")
+    args = p.parse_args(argv)
+    name, bpe = args.name or args.dataset, args.bpe is not None
+    empty = [path for path in args.input or [] if not os.path.isfile(path) or os.path.getsize(path) == 0]
+    for bad, msg in (((args.dataset is None) == (args.input is None),
+                      "give either a dataset name or --input FILE ... --name NAME"),
+                     (not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name),
+                      "--name NAME is required with --input and must be a plain folder name"),
+                     (args.char and args.dataset,
+                      "--char goes with --input; the character-level tiny shakespeare is `shakespeare_char`"),
+                     (bpe and not (args.input or args.dataset == "shakespeare"),
+                      "--bpe N goes with --input FILE ... or the dataset shakespeare"),
+                     (bpe and not 257 <= args.bpe <= 65536,
+                      f"--bpe {args.bpe}: a byte-level BPE needs 257 to 65,536 tokens (bytes, uint16 files)"),
+                     (args.char and bpe, "give --char or --bpe N, not both"),
+                     (not 0 < args.val_fraction < 1, "--val_fraction must be between 0 and 1"),
+                     (empty, f"input file {(empty or [''])[0]} not found or empty; give a file with text")):
+        if bad:
+            p.error(msg)
     char = args.char or args.dataset == "shakespeare_char"
     enc, source = (None, None) if char or args.bpe else load_encoding()
     meta = {} if char or args.bpe else {"vocab_size": enc.n_vocab, "tokenizer": "gpt2",
