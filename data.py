@@ -125,13 +125,16 @@ LABELS = {'sd': 'S−D, no LN (×√d)', 'sd_emb1': 'S−D, no LN, GPT-2 init', 
           'std_nonorm': 'standard, no LN (×√d)', 'sd_ln': 'S−D + LN',
           'sd_scalar': 'S−D, no LN, one D per head', 'hybrid_sd': 'S−D, ELU+1 in the first third',
           'hybrid_std': 'standard + LN, ELU+1 in the first third',
-          'cascade_width': 'S−D cascade widths, GPT-2 init', 'cascade_rank': 'S−D cascade ranks, GPT-2 init'}
+          'cascade_width': 'S−D cascade widths, GPT-2 init', 'cascade_rank': 'S−D cascade ranks, GPT-2 init',
+          'sd_cap50': 'S−D, no LN (×√d), scores capped at 50', 'sd_warm400': 'S−D, no LN (×√d), warmup 400'}
 
 
 def label(name):
-    """An arm's (or run's) name in words for figures: 'd6_sd_emb1_s2' -> 'S−D, no LN, GPT-2 init'."""
-    arm = arm_of(name)
-    return LABELS.get(re.sub(r'^(ln|d6|sub12|char)_', '', arm), arm)
+    """An arm's (or run's) name in words for figures: 'd6_sd_emb1_s2' -> 'S−D, no LN, GPT-2 init';
+    a learning rate in the name is kept: 'stab_std_lr8e-3' -> 'standard + LN, lr 8e-3'."""
+    arm, lr = re.fullmatch(r'(.*?)(?:_lr([\d.e-]+))?', arm_of(name)).groups()
+    arm = re.sub(r'^(ln|d6|sub12|char|stab)_', '', arm)
+    return LABELS.get(arm, arm) + (f', lr {lr}' if lr else '')
 
 
 def mean_std(xs):

@@ -3,12 +3,13 @@
 #   bash experiments.sh ln4|d6 [tinyshakespeare.txt]      character level, 4 and 6 layers (no file: download)
 #   bash experiments.sh sub12 SHAKESPEARE.txt WIKI.txt      subword (BPE 2,048), 12 layers
 #   bash experiments.sh charmore SHAKESPEARE.txt            character level on all of Shakespeare, 4x the budget
+#   bash experiments.sh stability [tinyshakespeare.txt]     divergence rates without LayerNorm, 8 seeds, 2 lrs
 # Trains each run that has not finished yet (two at a time, one thread each), then writes the tables to
 # out/results/ and the figures to docs/. Runs are out/exp/ARM_s<seed>. Run times (busy 2-core machine): ln4 + d6
 # about 2 3/4 hours (44 runs of 4-7 min); sub12 12-20 min a run two at a time (15 runs), then ~20 min of analysis.
 set -euo pipefail
 cd "$(dirname "$0")"
-part=${1:?give a part: ln4, d6, sub12 or charmore}
+part=${1:?give a part: ln4, d6, sub12, charmore or stability}
 shift
 SEEDS="1337 2 3"
 
@@ -18,7 +19,7 @@ train() {   # lines "ARM CONFIG... [--key=value...]" -> every seed of every arm,
     for s in $SEEDS; do echo "${arm}_s$s $args --seed=$s"; done
   done | ITERS=$ITERS xargs -P 2 -L 1 bash -c 'd=out/exp/$0
     grep -qs "\"iter\": $ITERS, \"train_loss\"" $d/log.jsonl && exit 0   # finished already,
-    grep -qs "NaN or inf" $d/stdout.txt && exit 0                        # or stopped by a NaN (not rerun)
+    grep -qs "NaN or inf\|spikes in a row" $d/stdout.txt && exit 0      # or stopped by spikes (not rerun)
     mkdir -p $d && OMP_NUM_THREADS=1 python train.py "$@" --out_dir=$d > $d/stdout.txt 2>&1
     echo "$0: $(tail -1 $d/stdout.txt)"'
 }
@@ -130,5 +131,30 @@ all_std config/quick_sd.py config/std.py --dataset=shakespeare_all_char --max_it
 ARMS
 python runs.py $(arms all_sd all_std) --out_dir out/results/charmore
 ;;
-*) echo "error: unknown part $part: give ln4, d6, sub12 or charmore" >&2; exit 1 ;;
+stability)
+char_data "$@"
+# Divergence rates without LayerNorm (6 layers x 128): 8 seeds per arm at the best learning rate (4e-3) and twice
+# it, the first 1,200 iterations of the 2,000-iteration schedule (every divergence we had seen came before 1,200);
+# and the two fixes we tried (ours): attention scores soft-capped at 50 (both rates), a 4x longer warmup (8e-3)
+SEEDS="1 2 3 4 5 6 7 8"
+for lr in 4e-3 8e-3; do
+  run="--learning_rate=$lr --min_lr=${lr/e-3/e-4} --max_iters=1200 --lr_decay_iters=2000 --eval_interval=600"
+  ITERS=1200 train <<ARMS
+stab_sd_lr$lr config/quick_sd.py config/deep.py $run
+stab_std_nonorm_lr$lr config/quick_sd.py config/std.py config/deep.py config/nonorm.py $run
+stab_sd_emb1_lr$lr config/quick_sd.py config/deep.py config/gpt2_init.py $run
+stab_std_lr$lr config/quick_sd.py config/std.py config/deep.py $run
+stab_sd_cap50_lr$lr config/quick_sd.py config/deep.py --attn_softcap=50 $run
+ARMS
+done
+ITERS=1200 train <<ARMS
+stab_sd_warm400_lr8e-3 config/quick_sd.py config/deep.py --warmup_iters=400 $run
+ARMS
+python runs.py $(arms stab_sd_lr4e-3 stab_std_nonorm_lr4e-3 stab_sd_lr8e-3 stab_std_nonorm_lr8e-3 \
+  stab_{sd_emb1,std,sd_cap50}_lr{4e-3,8e-3} stab_sd_warm400_lr8e-3) \
+  --out_dir out/results/stability --vs stab_sd_lr4e-3=stab_std_nonorm_lr4e-3 stab_sd_lr8e-3=stab_std_nonorm_lr8e-3 \
+  stab_sd_cap50_lr4e-3=stab_sd_lr4e-3 stab_sd_cap50_lr8e-3=stab_sd_lr8e-3 stab_sd_warm400_lr8e-3=stab_sd_lr8e-3
+cp out/results/stability/spikes.png docs/spikes.png
+;;
+*) echo "error: unknown part $part: give ln4, d6, sub12, charmore or stability" >&2; exit 1 ;;
 esac

@@ -38,6 +38,7 @@ class GPTConfig:
     linear_chunk: int = 64               # chunk length of the chunkwise-parallel ELU+1 form
     emb_scale: float | None = None       # input embedding multiplier; None: 1 with LayerNorm, else √n_embd
     logit_softcap: float = 0.0           # ours (issue #25): logits = c·tanh(logits / c) if c > 0; 0: off
+    attn_softcap: float = 0.0            # ours (issue #25): softmax scores s = c·tanh(s / c) if c > 0; 0: off
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -90,12 +91,13 @@ class Cache:
 
 
 class Softmax(nn.Module):
-    """Causal softmax attention (SDPA); decoding reads a preallocated k/v cache."""
+    """Causal softmax attention (SDPA; with a soft-cap c, the scores c·tanh(s/c) computed in the open);
+    decoding reads a preallocated k/v cache."""
     name = 'softmax'
 
     def __init__(self, config, layer):
         super().__init__()
-        self.dropout = config.dropout
+        self.dropout, self.softcap = config.dropout, config.attn_softcap
 
     def forward(self, q, k, v, cache=None):
         T = q.size(2)
@@ -110,8 +112,13 @@ class Softmax(nn.Module):
         return self.attend(q, k, v)
 
     def attend(self, q, k, v):   # the queries q (B, H, T, d) are the last T of the keys k (B, H, S, d)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=k.size(2) == q.size(2),   # S > T: cached
-                                              dropout_p=self.dropout if self.training else 0.0)
+        T, p = q.size(2), self.dropout if self.training else 0.0
+        if not self.softcap:   # S > T: a cached past, no mask
+            return F.scaled_dot_product_attention(q, k, v, is_causal=k.size(2) == T, dropout_p=p)
+        s = self.softcap * torch.tanh(q @ k.transpose(-1, -2) / (self.softcap * math.sqrt(q.size(-1))))
+        if k.size(2) == T:
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=s.device).triu(1), float('-inf'))
+        return F.dropout(s.softmax(-1), p) @ v
 
     def flops(self, T, d):   # forward, per token and head: scores and values
         return 4 * T * d

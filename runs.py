@@ -1,9 +1,10 @@
 """Compare training runs across seeds (folders NAME_s<seed> of arm NAME): final val loss mean ± std over the
-seeds that reached the last iteration, parameters, attention parameters, tokens/s; val-loss curves with ± std
-bands; with --vs, ΔPPL vs attention parameters against a baseline arm. Each folder: train.py's log.jsonl
-(parameter counts: its first record; '-' for logs from before they were written).
+seeds that reached the last iteration, parameters, attention parameters, tokens/s, how many runs met a loss
+spike and how many stopped; val-loss curves with ± std bands; each arm's first spike with what led to it; with
+--vs, ΔPPL vs attention parameters against a baseline arm and Fisher's exact test of the spike rates. Each
+folder: train.py's log.jsonl (parameter counts: its first record; '-' for logs from before they were written).
     python runs.py out/exp/*  [--out_dir docs]  [--vs ARM=BASELINE ...]
-        # --out_dir: runs.csv, .png, tradeoff.png"""
+        # --out_dir: runs.csv, runs.png, tradeoff.png, spikes.png"""
 import argparse
 import json
 import math
@@ -20,14 +21,60 @@ from data import arm_of, label, mean_std, run_name
 
 def read_run(path):
     """{'evals': [(iter, val_loss)], 'tokens_per_s': median, 'params', 'attn_params': as train.py logged them,
-    or None} of a run folder."""
+    or None, 'spikes': its spike records, 'lines': its training lines} of a run folder."""
     with open(os.path.join(path, 'log.jsonl')) as f:
         log = [json.loads(line) for line in f]
     speeds = [r['tokens_per_s'] for r in log if 'tokens_per_s' in r]
     counts = next((r for r in log if 'params' in r), {})
     return dict(evals=[(r['iter'], r['val_loss']) for r in log if 'val_loss' in r],
                 tokens_per_s=statistics.median(speeds or [math.nan]), params=counts.get('params'),
-                attn_params=counts.get('attn_params'))
+                attn_params=counts.get('attn_params'), name=run_name(path),
+                spikes=[r for r in log if 'spike_iter' in r], lines=[r for r in log if 'score_max' in r])
+
+
+def fisher(a, b, c, d):
+    """Two-sided Fisher's exact test of the 2×2 table [[a, b], [c, d]]: the probability, with the margins
+    fixed, of a table no more likely than this one."""
+    n, row, col = a + b + c + d, a + b, a + c
+    p = lambda x: math.comb(row, x) * math.comb(n - row, col - x) / math.comb(n, col)
+    tables = range(max(0, col - n + row), min(row, col) + 1)
+    return min(1.0, sum(p(x) for x in tables if p(x) <= p(a) * (1 + 1e-7)))
+
+
+def spike_figure(rows):
+    """Per arm (the first 4 with one, in the order given), the first spike with a trace of its first run that
+    has one: from 200 iterations before it, the loss, each layer's max |q·k|/√d, the output logits' max and
+    RMS, the residual stream's RMS at the end."""
+    from matplotlib.figure import Figure
+    runs = [next((r for r in row['runs'] if any('trace' in s for s in r['spikes'])), None)
+            for row in sorted(rows, key=lambda row: row['order'])]
+    runs = [r for r in runs if r][:4]
+    if not runs:
+        return {}
+    fig = Figure(figsize=(13, 3.2 * len(runs)), layout='constrained')
+    for axes, run in zip(fig.subplots(len(runs), 3, squeeze=False), runs):
+        spike = next(s for s in run['spikes'] if 'trace' in s)
+        at = spike | {'iter': spike['spike_iter'], 'loss': float(spike['spike_loss'])}
+        lines = [r for r in run['lines'] if r['iter'] < spike['iter']] + spike['trace'] + [at]
+        lines = [r for r in lines if r['iter'] >= spike['spike_iter'] - 200 and 'score_max' in r]
+        it, scores = [r['iter'] for r in lines], np.array([r['score_max'] for r in lines])
+        axes[0].plot(it, [r['loss'] for r in lines], color='k')
+        axes[0].set(title=f"{run['name']}: train loss", yscale='log')
+        for layer, s in enumerate(scores.T):
+            axes[1].plot(it, s, label=f'layer {layer}', color=f'C{layer}')
+        axes[1].set(title='max |q·k|/√d per layer', yscale='log')
+        axes[1].legend(fontsize=6, ncol=2)
+        for key, name in (('logit_max', 'max |logit|'), ('logit_rms', 'logit RMS')):
+            axes[2].plot(it, [r[key] for r in lines], label=name)
+        axes[2].plot(it, [r['resid_rms'][-1] for r in lines], label='residual RMS at the output')
+        axes[2].set(title='output', yscale='log')
+        axes[2].legend(fontsize=6)
+        for ax in axes:
+            ax.axvline(spike['spike_iter'], color='r', ls=':', lw=1)   # the spike
+            ax.axvline(spike['iter'], color='g', ls=':', lw=1)         # the state it goes back to
+            ax.grid(alpha=0.3)
+    fig.supxlabel('iteration (red: the spike; green: the last good state it goes back to)')
+    return {'spikes.png': fig}
 
 
 def figures(rows, last, vs):
@@ -62,7 +109,8 @@ def figures(rows, last, vs):
         ax.figure.legend(loc='outside lower center', ncol=2, fontsize=7)
     for ax in axes.values():
         ax.grid(alpha=0.3)
-    return {name: lambda f, fig=ax.figure: fig.savefig(f, format='png', dpi=130) for name, ax in axes.items()}
+    figs = {name: ax.figure for name, ax in axes.items()} | spike_figure(rows)
+    return {name: lambda f, fig=fig: fig.savefig(f, format='png', dpi=130) for name, fig in figs.items()}
 
 
 def main(argv=None):
@@ -86,7 +134,9 @@ def main(argv=None):
     for arm, runs in arms.items():
         done = [r for r in runs.values() if r['evals'] and r['evals'][-1][0] == last]
         rows[arm] = dict(zip(('val_loss', 'std'), mean_std([r['evals'][-1][1] for r in done])),
-                         arm=arm, done=done, seeds=len(done),
+                         arm=arm, done=done, seeds=len(done), runs=list(runs.values()), n=len(runs),
+                         order=len(rows),
+                         spiked=sum(bool(r['spikes']) for r in runs.values()),
                          **{k: done[0][k] if done else None for k in ('params', 'attn_params')},
                          tokens_per_s=statistics.median([r['tokens_per_s'] for r in done] or [math.nan]))
     for arm, base in vs.items():   # ΔPPL of each seed against the baseline's mean; the baseline's own spread
@@ -95,20 +145,23 @@ def main(argv=None):
                                              for r in a['done']])
         a.update(vs=base, attn_pct=100 * a['attn_params'] / b['attn_params'] if a['attn_params'] and
                  b['attn_params'] else math.nan,
-                 base_std=100 * math.expm1(b['std']) if b['seeds'] > 1 else 0.0)
+                 base_std=100 * math.expm1(b['std']) if b['seeds'] > 1 else 0.0,
+                 p_spiked=fisher(a['spiked'], a['n'] - a['spiked'], b['spiked'], b['n'] - b['spiked']))
     rows = sorted(rows.values(), key=lambda r: (math.isnan(r['val_loss']), r['val_loss']))
-    print(f"{'arm':<28} {'seeds':>5} {f'val loss @ {last}':>18} {'params':>8} {'attn':>8} {'tokens/s':>9}")
+    print(f"{'arm':<28} {'seeds':>5} {f'val loss @ {last}':>18} {'params':>8} {'attn':>8} {'tokens/s':>9} "
+          f"{'spiked':>6} {'stopped':>7}")
     for r in rows:
         loss = f"{r['val_loss']:.4f} ± {r['std']:.4f}" if r['seeds'] > 1 else f"{r['val_loss']:.4f}"
         params = [f"{r[k] / 1e6:.3f}M" if r[k] else '-' for k in ('params', 'attn_params')]
         print(f"{r['arm']:<28} {r['seeds']:>5} {loss:>18} {params[0]:>8} {params[1]:>8} "
-              f"{r['tokens_per_s']:>9,.0f}"
+              f"{r['tokens_per_s']:>9,.0f} {r['spiked']:>2}/{r['n']:<3} {r['n'] - r['seeds']:>3}/{r['n']:<3}"
               + (f"   vs {r['vs']}: attention {r['attn_pct']:.1f}%, PPL {r['dppl']:+.1f} "
-                 f"± {r['dppl_std']:.1f}% (baseline's spread ± {r['base_std']:.1f}%)" if 'vs' in r else ''))
+                 f"± {r['dppl_std']:.1f}% (baseline's spread ± {r['base_std']:.1f}%), spiked: Fisher's "
+                 f"p = {r['p_spiked']:.3g}" if 'vs' in r else ''))
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
-        csv = data.csv_text(rows, 'arm seeds val_loss std params attn_params tokens_per_s vs attn_pct dppl '
-                                  'dppl_std base_std'.split())
+        csv = data.csv_text(rows, 'arm n seeds spiked val_loss std params attn_params tokens_per_s vs '
+                                  'attn_pct dppl dppl_std base_std p_spiked'.split())
         data.write_files({os.path.join(args.out_dir, name): out
                           for name, out in ({'runs.csv': csv} | figures(rows, last, vs)).items()})
     return rows

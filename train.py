@@ -85,7 +85,8 @@ ranges = {k: (lambda v: v >= 1, 'at least 1') for k in (
     'batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval',
     'n_layer', 'n_head', 'n_embd', 'good_interval', 'max_spikes')}
 ranges |= {k: (lambda v: v >= 0, 'at least 0') for k in (
-    'max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip', 'logit_softcap')}
+    'max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip', 'logit_softcap',
+    'attn_softcap')}
 ranges |= {k: (lambda v: 0 <= v < 1, 'in [0, 1)') for k in ('beta1', 'beta2', 'dropout')}
 ranges |= {'learning_rate': (lambda v: v > 0, 'above 0'), 'peak_flops': (lambda v: v > 0, 'above 0'),
            'spike_factor': (lambda v: v == 0 or v > 1, '0 (off) or above 1')}
@@ -274,15 +275,19 @@ def snapshot():
 
 
 def log(record, below=None, spikes=False):
-    """Append a record to log.jsonl; below: first drop the records from that iteration on (spikes: but not the
-    spike records), and a last line cut short by a kill (it has no newline)."""
+    """Append a record to log.jsonl; below: first drop the records from that iteration on and a last line cut
+    short by a kill (it has no newline); spikes: keep the spike records, and the others dropped go into this
+    one's 'trace' (what led up to the spike)."""
     if below is not None:
-        lines = []
+        kept, dropped = [], []
         if os.path.exists(log_path):
             with open(log_path) as f:
-                lines = [line for line in f if line.endswith('\n') and (json.loads(line)['iter'] < below or
-                                                                         spikes and '"spike_iter"' in line)]
-        data.write_files({log_path: ''.join(lines)})
+                for line in filter(lambda line: line.endswith('\n'), f):
+                    keep = json.loads(line)['iter'] < below or spikes and '"spike_iter"' in line
+                    (kept if keep else dropped).append(line)
+        data.write_files({log_path: ''.join(kept)})
+        if spikes:
+            record['trace'] = [json.loads(line) for line in dropped]
     if record:
         with open(log_path, 'a') as f:
             f.write(json.dumps(record) + '\n')
@@ -315,12 +320,13 @@ def check():
     what = f"loss {loss:.4g} > {spike_factor:g} x mean {ema:.4g}" if loss < math.inf else 'NaN/inf loss/grad'
     if master:   # the log goes back too, but keeps every spike
         log({'iter': good['iter'], 'spike_iter': bad, 'spike_loss': loss if loss < math.inf else str(loss),
-             'skipped': bad - good['iter'] + 1, 'in_a_row': strikes, 'elapsed': time.time() - t_start},
+             'skipped': bad - good['iter'] + 1, 'in_a_row': strikes, 'elapsed': time.time() - t_start}
+            | layer_stats(x, y),   # the model the spike left, before going back
             below=good['iter'], spikes=True)
     if strikes >= max_spikes:
         kept = f"; {ckpt_path} keeps the last good state (iteration {saved_iter})" if saved_iter > 0 else ''
         fail(f"{strikes} loss spikes in a row, the last at iteration {bad} ({what}): lower learning_rate "
-             f"(now {learning_rate:g}) or set logit_softcap{kept}")
+             f"(now {learning_rate:g})" + (" or use norm='layernorm'" if norm != 'layernorm' else '') + kept)
     skips.append([good['iter'], bad - good['iter'] + 1])
     iter_num, loss_ema = good['iter'], good['loss_ema']
     raw_model.load_state_dict(good['model'])

@@ -65,7 +65,7 @@ def test_runs_table_is_mean_and_std_over_finished_seeds(tmp_path):
     assert rows['a']['std'] == pytest.approx(statistics.stdev([1.50, 1.60, 1.55]))
     assert rows['b']['seeds'] == 1 and rows['b']['val_loss'] == 2.0
     assert (tmp_path / 'o' / 'runs.png').read_bytes()[:4] == b'\x89PNG'
-    assert (tmp_path / 'o' / 'runs.csv').read_text().splitlines()[1].startswith('a,3,1.55,')
+    assert (tmp_path / 'o' / 'runs.csv').read_text().splitlines()[1].startswith('a,3,3,0,1.55,')
     assert rows['a']['params'] is None and rows['a']['tokens_per_s'] == 1000.0
 
 
@@ -128,3 +128,33 @@ def test_linearize_arms_are_mean_and_std_of_the_seeds(seeds, capsys):
             assert float(a['delta_pct']) == pytest.approx(statistics.mean(per_seed), abs=1e-5)
             assert float(a['delta_pct_std']) == pytest.approx(statistics.stdev(per_seed), abs=1e-5)
     assert 'mean ± std over seeds' in capsys.readouterr().out
+
+
+def test_fisher_exact_test_matches_known_values():
+    assert runs.fisher(1, 9, 11, 3) == pytest.approx(0.0027594562, rel=1e-7)   # R: fisher.test
+    assert runs.fisher(8, 0, 0, 8) == pytest.approx(2 / math.comb(16, 8))
+    assert runs.fisher(3, 5, 3, 5) == 1.0 and runs.fisher(0, 8, 0, 8) == 1.0
+
+
+def test_spike_rates_and_the_spike_figure(tmp_path):
+    """Arm a: 3 of 4 runs spiked, 2 of them stopped; arm b: none of 4. The table counts them, --vs tests the
+    rates (Fisher: p = 0.143), the figure draws a's first traced spike."""
+    def stats(it, loss):
+        return {'iter': it, 'loss': loss, 'score_max': [1.0, 2.0 * loss], 'resid_rms': [1, 1, 2],
+                'logit_rms': 3.0, 'logit_max': 9.0 * loss}
+
+    for arm, seed in [(a, s) for a in 'ab' for s in range(4)]:
+        spiked, stopped = arm == 'a' and seed > 0, arm == 'a' and seed > 1
+        lines = [{'iter': 0, 'val_loss': 4.0}] + [stats(it, 2.0) for it in range(10, 100, 10)]
+        if spiked:
+            lines.append(stats(90, 2.0) | {'spike_iter': 125, 'spike_loss': 'inf' if seed == 2 else 20.0,
+                                           'trace': [stats(100, 2.5), stats(110, 4.0)]})
+        lines += [] if stopped else [{'iter': 200, 'val_loss': 1.5 + seed / 100}]
+        os.makedirs(tmp_path / f'{arm}_s{seed}')
+        (tmp_path / f'{arm}_s{seed}' / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+    rows = {r['arm']: r for r in runs.main([str(p) for p in sorted(tmp_path.glob('*_s*'))] +
+                                           ['--out_dir', str(tmp_path / 'o'), '--vs', 'a=b'])}
+    assert (rows['a']['n'], rows['a']['spiked'], rows['a']['seeds']) == (4, 3, 2)
+    assert (rows['b']['n'], rows['b']['spiked'], rows['b']['seeds']) == (4, 0, 4)
+    assert rows['a']['p_spiked'] == pytest.approx(runs.fisher(3, 1, 0, 4)) == pytest.approx(1 / 7)
+    assert (tmp_path / 'o' / 'spikes.png').read_bytes()[:4] == b'\x89PNG'

@@ -17,7 +17,7 @@ from test_train import EXACT, TRAIN, N, command, finish, read_log, train_lines, 
 
 import data
 from conftest import REPO
-from model import GPT, GPTConfig
+from model import GPT, Cache, GPTConfig
 
 WRAPPER = '''import json, os, runpy, sys
 sys.path.insert(0, {repo!r})
@@ -96,6 +96,9 @@ def runs(wrapper, tiny_data, tmp_path_factory):
 def test_a_poisoned_batch_is_skipped_and_runs_are_bitwise_equal(runs, kind):
     out, stdout = runs[f'{kind}1']
     assert events(out) == [EVENT]   # back to the checkpoint at 4, batches 4..P skipped, once
+    spike = next(r for r in read_log(out) if 'spike_iter' in r)   # what led to it, and the model it left
+    assert [r['iter'] for r in spike['trace'] if 'loss' in r] == list(range(4, P))
+    assert len(spike['score_max']) == 2 and len(spike['resid_rms']) == 3 and 'logit_max' in spike
     what = r'NaN/inf loss/grad' if kind == 'nan' else r'loss [\d.e+]+ > 2 x mean [\d.]+'
     back = rf'^spike at iteration {P} \({what}\): back to iteration 4, skipping 3 batches \(1 in a row\)$'
     assert len(re.findall(back, stdout, re.M)) == 1, stdout
@@ -194,6 +197,33 @@ def test_logit_softcap_bounds_the_logits_and_keeps_gradients(cap):
     assert all(torch.isfinite(p.grad).all() and p.grad.any() for p in model.parameters())
 
 
+def test_attn_softcap_is_capped_softmax_attention():
+    """attn_softcap c: softmax over c·tanh(q·k/√d / c) (a naive reference), SDPA's output when c is far above
+    the scores; cached decoding equals the full forward; the gradients reach every parameter."""
+    torch.manual_seed(0)
+    config = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, norm='none', attn='sd')
+    capped, plain = GPT(GPTConfig(**config, attn_softcap=0.5)), GPT(GPTConfig(**config))
+    plain.load_state_dict(capped.state_dict())
+    attn, x = capped.transformer.h[0].attn, torch.randn(2, 16, 32)
+    q, k, v = attn.qkv(x)
+    q = 30 * q   # scores well beyond the cap
+    s = 0.5 * torch.tanh(q @ k.mT / math.sqrt(q.size(-1)) / 0.5)
+    s = s.masked_fill(torch.ones(16, 16, dtype=torch.bool).triu(1), -math.inf)
+    torch.testing.assert_close(attn.mixer(q, k, v), s.softmax(-1) @ v)
+    assert not torch.allclose(attn.mixer(q, k, v), plain.transformer.h[0].attn.mixer(q, k, v), atol=1e-3)
+    attn.mixer.softcap = 1e6
+    torch.testing.assert_close(attn.mixer(q, k, v), plain.transformer.h[0].attn.mixer(q, k, v))
+    attn.mixer.softcap = 0.5
+    idx = torch.randint(0, 50, (2, 16))
+    full, loss = capped(idx, idx)
+    cache = [Cache(16) for _ in range(2)]
+    steps = [capped(idx[:, :8], cache=cache)[0]]
+    steps += [capped(idx[:, [t]], cache=cache, pos=t)[0] for t in range(8, 16)]
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 7:], atol=1e-5, rtol=1e-5)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.any() for p in capped.parameters())
+
+
 @pytest.mark.parametrize('arg, message', [
     ('--learning_rate=-1', 'learning_rate=-1.0 must be above 0'),
     ('--learning_rate=1e999', 'learning_rate=inf must be above 0'),
@@ -205,6 +235,7 @@ def test_logit_softcap_bounds_the_logits_and_keeps_gradients(cap):
     ('--spike_factor=0.5', r'spike_factor=0.5 must be 0 \(off\) or above 1'),
     ('--max_spikes=0', 'max_spikes=0 must be at least 1'),
     ('--logit_softcap=-30', 'logit_softcap=-30.0 must be at least 0'),
+    ('--attn_softcap=-50', 'attn_softcap=-50.0 must be at least 0'),
 ])
 def test_a_knob_out_of_range_is_one_line(arg, message, tmp_path):
     out = tmp_path / 'out'
