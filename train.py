@@ -127,14 +127,12 @@ splits = {split: data.open_split(data_root, dataset, split) for split in ('train
 meta = data.read_meta(data_root, dataset)
 if min(len(d) for d in splits.values()) <= block_size:
     fail(f"block_size={block_size} needs more than {block_size} tokens, but {data_dir} has "
-         f"{len(splits['train'])} train / {len(splits['val'])} val tokens: lower --block_size or prepare "
-         f"more data")
+         f"{len(splits['train'])} train / {len(splits['val'])} val: lower --block_size or prepare more data")
 
 
 def get_batch(split, it, micro):
-    """Batch `micro` of iteration `it`, seeded by (seed, split, it, micro) alone: exact resume, the same
-    global batch for any number of DDP processes. Evaluation (it = -1) does not depend on the seed: the same
-    for every run."""
+    """Batch `micro` of iteration `it`, seeded by (seed, split, it, micro) alone: exact resume, one global
+    batch for any number of DDP processes; evaluation (it = -1) not by the seed: the same for every run."""
     rng_seed = [seed if it >= 0 else 0, split == 'val', it + 1, micro]
     x, y = data.get_batch(splits[split], batch_size, block_size, rng_seed)
     if device_type == 'cuda':
