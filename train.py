@@ -322,9 +322,10 @@ def check():
             | layer_stats(x, y),   # the model the spike left, before going back
             below=good['iter'], spikes=True)
     if strikes >= max_spikes:
-        kept = f"; {ckpt_path} keeps the last good state (iteration {saved_iter})" if saved_iter > 0 else ''
+        kept = (" or use norm='layernorm'" if model_args['norm'] != 'layernorm' else '') + \
+            (f"; {ckpt_path} keeps the last good state (iteration {saved_iter})" if saved_iter > 0 else '')
         fail(f"{strikes} loss spikes in a row, the last at iteration {bad} ({what}): lower learning_rate "
-             f"(now {learning_rate:g})" + (" or use norm='layernorm'" if norm != 'layernorm' else '') + kept)
+             f"(now {learning_rate:g}){kept}")
     skips.append([good['iter'], bad - good['iter'] + 1])
     iter_num, loss_ema = good['iter'], good['loss_ema']
     raw_model.load_state_dict(good['model'])
@@ -354,8 +355,7 @@ if checkpoint is not None:   # where an uninterrupted run would go back to
     good, strikes = checkpoint.get('good') or good, checkpoint.get('strikes', 0)
 checkpoint = None   # free its memory
 
-# training loop: stop? -> log (and check for a spike) -> evaluate and save -> step: nanoGPT's eval -> step ->
-# log entered at the log, so that what the last iterations did is checked before anything is saved
+# training loop: stop? -> log -> evaluate and save -> step (nanoGPT's eval -> step -> log, begun at the log)
 pending, x, y = [], None, None   # each iteration's loss since the last check (on the device); the last batch
 saved_iter = iter_num if init_from == 'resume' else -1
 t0, t_start, lr = time.time(), time.time(), get_lr(iter_num)
@@ -371,7 +371,7 @@ while True:
         stopping = bool(stop_signal) and not ddp
     last = stopping or eval_only or iter_num >= max_iters
 
-    # check and log the iterations since the last line; a spike goes back to the last good state (see check)
+    # check and log the iterations since the last line, before anything is saved; a spike goes back (check)
     if pending and (iter_num % log_interval == 0 or iter_num % eval_interval == 0 or last):
         n, dt = len(pending), time.time() - t0
         lossf = check()
@@ -436,8 +436,8 @@ while True:
         loss.backward()
         loss_iter += loss.detach()
     if grad_clip != 0.0:   # a NaN/inf gradient norm counts as a NaN/inf loss
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        loss_iter = torch.where(torch.isfinite(norm), loss_iter, math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        loss_iter = torch.where(torch.isfinite(grad_norm), loss_iter, math.inf)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     pending.append(loss_iter)
