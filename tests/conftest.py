@@ -81,3 +81,39 @@ def train_defaults():
             except ValueError:
                 pass
     return out
+
+
+# Runs scripts one after another in one Python process, each as `python SCRIPT ARGS` would: an uncaught
+# SystemExit's message goes to stderr with status 1, any other exception prints its traceback (status 1).
+# One torch import for many runs of the scripts' argument checks, which end before any training.
+DRIVER = '''
+import contextlib, io, json, runpy, sys, traceback
+results = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv, out, err, code = argv, io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(argv[0], run_name='__main__')
+        except SystemExit as e:
+            code = e.code
+            if not (code is None or isinstance(code, int)):
+                print(code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append((code or 0, out.getvalue(), err.getvalue()))
+print(json.dumps(results))
+'''
+
+
+def run_scripts(argvs, cwd=REPO, timeout=600):
+    """subprocess.CompletedProcess-like results of `python *argv` for each argv ([script, *args], the script
+    relative to cwd), all run in one process in cwd (the repository: its modules)."""
+    import subprocess
+    from types import SimpleNamespace
+    r = subprocess.run([sys.executable, '-c', DRIVER, json.dumps([[str(a) for a in argv] for argv in argvs])],
+                       cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.splitlines()[-1])
+    return [SimpleNamespace(returncode=code, stdout=out, stderr=err) for code, out, err in results]

@@ -10,7 +10,7 @@ from test_char import TINY, one_line_error, run
 
 import data
 import prepare
-from conftest import SHARED_TEXT
+from conftest import SHARED_TEXT, run_scripts
 from model import GPT
 
 ODD = ["", "a", "naïve café — 日本語 😀 \u0301e\u0301", "\x00\x01\t\r\n  \n\n\n   x", "<|endoftext|> 𝔘𝔫𝔦",
@@ -99,17 +99,29 @@ def test_resume_on_another_bpe_is_refused(bpe_run, tmp_path, tiny_text):
                        '--init_from=resume', '--max_iters=9'), 'vocabulary')
 
 
-@pytest.mark.parametrize('args, words', [
+BAD = [
     (['--bpe', '100'], ['--bpe 100', '257']),
     (['--bpe', '70000'], ['65,536']),
     (['--bpe', 'many'], ['--bpe', 'int']),
     (['--bpe', '300', '--char'], ['--char or --bpe']),
     (['--bpe', '5000'], ['supports only', 'smaller --bpe']),   # more tokens than 3 KB of text can merge
-])
-def test_bad_bpe_is_one_line_and_writes_nothing(tmp_path, args, words):
-    (tmp_path / 'a.txt').write_text('To be, or not to be, that is the question.\n' * 70, encoding='utf-8')
-    r = run('prepare.py', '--input', tmp_path / 'a.txt', '--name', 'x', '--data_root', tmp_path / 'data',
-            *args)
+]
+
+
+@pytest.fixture(scope='module')
+def bad_runs(tmp_path_factory):
+    """[(prepare.py's result, its folder)] for each case of BAD, all in one process."""
+    dirs = [tmp_path_factory.mktemp('bad_bpe') for _ in BAD]
+    for d in dirs:
+        (d / 'a.txt').write_text('To be, or not to be, that is the question.\n' * 70, encoding='utf-8')
+    runs = run_scripts([['prepare.py', '--input', d / 'a.txt', '--name', 'x', '--data_root', d / 'data',
+                         *args] for d, (args, _) in zip(dirs, BAD)])
+    return list(zip(runs, dirs))
+
+
+@pytest.mark.parametrize('case', range(len(BAD)))
+def test_bad_bpe_is_one_line_and_writes_nothing(bad_runs, case):
+    (r, tmp_path), words = bad_runs[case], BAD[case][1]
     one_line_error(r, *words)
     assert (not os.path.exists(tmp_path / 'data' / 'x')
             and not [p for p in os.listdir(tmp_path) if 'prepare' in p])

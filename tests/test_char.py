@@ -12,7 +12,7 @@ import pytest
 
 import data
 import prepare
-from conftest import REPO
+from conftest import REPO, run_scripts
 from model import GPT
 
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--max_iters=6',
@@ -143,12 +143,14 @@ def test_analyze_data_level_on_chars(char_run):
     tmp, root, out = char_run
     (tmp / 'lines.txt').write_text('First Citizen:\nBefore we proceed any further, hear me speak.\n',
                                    encoding='utf-8')
-    for source in (['--dataset', 'chars', '--data_root', root], ['--text_file', tmp / 'lines.txt']):
-        r = run('analyze.py', '--ckpt', out, *source, '--num_seqs=2', '--seq_len=16', '--out_dir', tmp / 'an')
-        assert r.returncode == 0, r.stderr
-        levels = {line.split(',')[1] for line in (tmp / 'an' / 'heads.csv').read_text().splitlines()[1:]}
-        assert levels == {'weight', 'data'}, levels
     (tmp / 'bad.txt').write_text('Now is the winter of our discontent — said he\n', encoding='utf-8')
-    one_line_error(run('analyze.py', '--ckpt', out, '--text_file', tmp / 'bad.txt', '--out_dir', tmp / 'an'),
-                   "'—'")
-
+    sources = (['--dataset', 'chars', '--data_root', root], ['--text_file', tmp / 'lines.txt'])
+    argvs = [['analyze.py', '--ckpt', out, *source, '--num_seqs=2', '--seq_len=16',
+              '--out_dir', tmp / f'an{i}'] for i, source in enumerate(sources)]
+    argvs.append(['analyze.py', '--ckpt', out, '--text_file', tmp / 'bad.txt', '--out_dir', tmp / 'an'])
+    *runs, bad = run_scripts(argvs)   # all three in one process
+    for i, r in enumerate(runs):
+        assert r.returncode == 0, r.stderr
+        levels = {line.split(',')[1] for line in (tmp / f'an{i}' / 'heads.csv').read_text().splitlines()[1:]}
+        assert levels == {'weight', 'data'}, levels
+    one_line_error(bad, "'—'")

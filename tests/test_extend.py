@@ -8,13 +8,12 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_scripts
 
 TRAIN = ['--attn=sigmoid', '--dataset=chars', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
          '--batch_size=8', '--gradient_accumulation_steps=1', '--max_iters=60', '--eval_interval=30',
@@ -30,17 +29,11 @@ def readme_block():
     return block.group(1)
 
 
-def run(root, script, *args):
-    r = subprocess.run([sys.executable, script, *map(str, args)], cwd=root, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, f"{script} failed:\n{r.stderr[-3000:]}"
-    return r.stdout
-
-
 @pytest.fixture(scope='module')
 def copy(tmp_path_factory, tiny_text):
-    """A copy of the repository's scripts with the README's block appended to model.py, 20 KB of tiny
-    shakespeare prepared at character level, and a 60-iteration sigmoid run on it."""
+    """(a copy of the repository's scripts with the README's block appended to model.py, {script: its
+    result}): one process in the copy prepares 20 KB of tiny shakespeare at character level, trains a sigmoid
+    model on it for 60 iterations, samples, analyses and linearizes it, and benchmarks the type."""
     root = tmp_path_factory.mktemp('extend')
     for f in os.listdir(REPO):
         if f.endswith('.py'):
@@ -48,12 +41,22 @@ def copy(tmp_path_factory, tiny_text):
     with open(root / 'model.py', 'a', encoding='utf-8') as f:
         f.write('\n\n' + readme_block())
     (root / 'input.txt').write_text(tiny_text[:20_000], encoding='utf-8')
-    run(root, 'prepare.py', '--input', 'input.txt', '--name', 'chars', '--char')
-    run(root, 'train.py', '--out_dir=out', *TRAIN)
-    return root
+    argvs = [['prepare.py', '--input', 'input.txt', '--name', 'chars', '--char'],
+             ['train.py', '--out_dir=out', *TRAIN],
+             ['sample.py', '--out_dir=out', '--start=First', '--num_samples=1', '--max_new_tokens=20',
+              '--device=cpu'],
+             ['analyze.py', '--ckpt', 'out', '--dataset', 'chars', '--num_seqs', '2', '--seq_len', '32',
+              '--out_dir', 'an'],
+             ['linearize.py', '--ckpt', 'out', '--num_batches', '2', '--batch_size', '8', '--out_dir', 'lin'],
+             ['bench.py', '--quick', '--device', 'cpu', '--attn', 'sigmoid', '--json', 'bench.json']]
+    results = dict(zip([argv[0] for argv in argvs], run_scripts(argvs, cwd=root, timeout=900)))
+    for script, r in results.items():
+        assert r.returncode == 0, f"{script} failed:\n{r.stderr[-3000:]}"
+    return root, results
 
 
 def test_the_edit_is_small_and_lives_in_model_py_alone(copy):
+    copy, _ = copy
     assert len(readme_block().strip().splitlines()) <= 25
     changed = [f for f in os.listdir(REPO) if f.endswith('.py')
                and (copy / f).read_bytes() != open(os.path.join(REPO, f), 'rb').read()]
@@ -61,6 +64,7 @@ def test_the_edit_is_small_and_lives_in_model_py_alone(copy):
 
 
 def test_sigmoid_attention_is_what_it_says(copy):
+    copy, _ = copy
     spec = importlib.util.spec_from_file_location('model_with_sigmoid', copy / 'model.py')
     m = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
@@ -82,23 +86,21 @@ def test_sigmoid_attention_is_what_it_says(copy):
 
 
 def test_it_trains_and_samples(copy):
+    copy, results = copy
     log = [json.loads(line) for line in (copy / 'out' / 'log.jsonl').read_text().splitlines()]
     evals = [r['val_loss'] for r in log if 'val_loss' in r]
     unigram = json.loads((copy / 'data' / 'chars' / 'meta.json').read_text())['val_unigram_entropy']
     assert log[0]['iter'] == -1 and log[0]['attn_params'] > 0   # the parameter counts come first
     assert len(evals) == 3 and evals[-1] < evals[0] and evals[-1] < unigram, (evals, unigram)
-    out = run(copy, 'sample.py', '--out_dir=out', '--start=First', '--num_samples=1', '--max_new_tokens=20',
-              '--device=cpu')
+    out = results['sample.py'].stdout
     assert out.startswith('First') and len(out.split('---------------\n')[0]) == len('First') + 20 + 1
 
 
 def test_it_is_analysed_and_linearized(copy):
-    run(copy, 'analyze.py', '--ckpt', 'out', '--dataset', 'chars', '--num_seqs', '2', '--seq_len', '32',
-        '--out_dir', 'an')
+    copy, _ = copy
     rows = list(csv.DictReader(open(copy / 'an' / 'heads.csv')))
     assert {(r['level'], r['kind']) for r in rows} == {('weight', 'sigmoid'), ('data', 'sigmoid')}
     assert len(rows) == 2 * 2 * 2   # two levels, layers and heads
-    run(copy, 'linearize.py', '--ckpt', 'out', '--num_batches', '2', '--batch_size', '8', '--out_dir', 'lin')
     rows = list(csv.DictReader(open(copy / 'lin' / 'linearize.csv')))
     logged = [json.loads(line) for line in (copy / 'out' / 'log.jsonl').read_text().splitlines()][-1]
     assert [r['layers'] for r in rows] == ['', '0', '0;1']   # both sigmoid layers switch to ELU+1
@@ -107,7 +109,8 @@ def test_it_is_analysed_and_linearized(copy):
 
 
 def test_it_is_benchmarked(copy):
-    out = run(copy, 'bench.py', '--quick', '--device', 'cpu', '--attn', 'sigmoid', '--json', 'bench.json')
+    copy, results = copy
+    out = results['bench.py'].stdout
     res = json.loads((copy / 'bench.json').read_text())
     assert [(r['attn'], r['compiled']) for r in res['train']] == [('sigmoid', False), ('sigmoid', True)]
     assert all(math.isfinite(r['loss']) and r['tokens_per_s'] > 0 for r in res['train'])

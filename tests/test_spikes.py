@@ -7,7 +7,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from test_train import EXACT, TRAIN, N, command, finish, read_log, train_lines, trajectory
 
 import data
-from conftest import REPO
+from conftest import REPO, run_scripts
 from model import GPT, Cache, GPTConfig
 
 WRAPPER = '''import json, os, runpy, sys
@@ -224,7 +223,7 @@ def test_attn_softcap_is_capped_softmax_attention():
     assert all(torch.isfinite(p.grad).all() and p.grad.any() for p in capped.parameters())
 
 
-@pytest.mark.parametrize('arg, message', [
+KNOBS = [
     ('--learning_rate=-1', 'learning_rate=-1.0 must be above 0'),
     ('--learning_rate=1e999', 'learning_rate=inf must be above 0'),
     ('--min_lr=-1e-4', 'min_lr=-0.0001 must be at least 0'),
@@ -236,11 +235,22 @@ def test_attn_softcap_is_capped_softmax_attention():
     ('--max_spikes=0', 'max_spikes=0 must be at least 1'),
     ('--logit_softcap=-30', 'logit_softcap=-30.0 must be at least 0'),
     ('--attn_softcap=-50', 'attn_softcap=-50.0 must be at least 0'),
-])
-def test_a_knob_out_of_range_is_one_line(arg, message, tmp_path):
-    out = tmp_path / 'out'
-    r = subprocess.run([sys.executable, TRAIN, 'config/quick_sd.py', arg, f'--out_dir={out}',
-                        f'--data_root={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=SLOW)
+]
+
+
+@pytest.fixture(scope='module')
+def knob_runs(tmp_path_factory):
+    """{arg: (train.py's result, its out_dir)}: each knob of KNOBS out of range, all runs in one process."""
+    tmp = tmp_path_factory.mktemp('knobs')
+    outs = {arg: tmp / f'out{i}' for i, (arg, _) in enumerate(KNOBS)}
+    runs = run_scripts([[TRAIN, 'config/quick_sd.py', arg, f'--out_dir={out}', f'--data_root={tmp}']
+                        for arg, out in outs.items()])
+    return {arg: (r, outs[arg]) for arg, r in zip(outs, runs)}
+
+
+@pytest.mark.parametrize('arg, message', KNOBS)
+def test_a_knob_out_of_range_is_one_line(arg, message, knob_runs):
+    r, out = knob_runs[arg]
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and re.fullmatch(f'error: {message}', lines[0]), r.stderr
     assert not out.exists()
