@@ -326,7 +326,8 @@ def parse_args(argv):
     if args.dataset:
         val = data.open_split(args.data_root, args.dataset, 'val')
         if len(val) <= args.seq_len + 1:
-            p.error(f"{args.dataset}'s val split has {len(val)} tokens, too few for --seq_len {args.seq_len}")
+            p.error(f"{args.dataset}'s val split has {len(val)} tokens, not enough for --seq_len "
+                    f"{args.seq_len}")
         tok = data.tokenizer_of(data.read_meta(args.data_root, args.dataset))
         args.texts[tok] = list(data.get_batch(val, args.num_seqs, args.seq_len, seed=0)[0])
     return args
