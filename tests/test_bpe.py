@@ -91,12 +91,14 @@ def test_bpe_checkpoint_needs_no_data_folder(bpe_run, tmp_path):
 def test_resume_on_another_bpe_is_refused(bpe_run, tmp_path, tiny_text):
     tmp, _, out, _ = bpe_run
     (tmp_path / 'other.txt').write_text(tiny_text.upper(), encoding='utf-8')   # the same size, other merges
-    assert run('prepare.py', '--input', tmp_path / 'other.txt', '--name', 'sub', '--bpe', 300, '--data_root',
-               tmp_path).returncode == 0
     resumed = tmp_path / 'resumed'
     shutil.copytree(out, resumed)
-    one_line_error(run('train.py', f'--data_root={tmp_path}', '--dataset=sub', f'--out_dir={resumed}', *TINY,
-                       '--init_from=resume', '--max_iters=9'), 'vocabulary')
+    prepared, r = run_scripts([['prepare.py', '--input', tmp_path / 'other.txt', '--name', 'sub', '--bpe',
+                                300, '--data_root', tmp_path],
+                               ['train.py', f'--data_root={tmp_path}', '--dataset=sub',
+                                f'--out_dir={resumed}', *TINY, '--init_from=resume', '--max_iters=9']])
+    assert prepared.returncode == 0, prepared.stderr
+    one_line_error(r, 'vocabulary')
 
 
 BAD = [

@@ -97,27 +97,28 @@ def test_sample_needs_no_data_folder(char_run, tmp_path):
     _, _, out = char_run
     alone = tmp_path / 'alone'
     shutil.copytree(out, alone)   # the checkpoint alone, far from any data folder
-    r = run('sample.py', f'--out_dir={alone}', '--start=ROMEO:', '--num_samples=2', '--max_new_tokens=50',
-            '--device=cpu')
+    r, bad = run_scripts([['sample.py', f'--out_dir={alone}', '--start=ROMEO:', '--num_samples=2',
+                           '--max_new_tokens=50', '--device=cpu'],
+                          ['sample.py', f'--out_dir={alone}', '--start=ROMEO: ¿qué?', '--device=cpu']])
     assert r.returncode == 0, r.stderr
     samples = r.stdout.split('---------------\n')[:2]
     chars = GPT.from_checkpoint(str(alone / 'ckpt.pt'))[1]['chars']
     # + 1: print's newline
     assert all(s.startswith('ROMEO:') and len(s) == len('ROMEO:') + 50 + 1 for s in samples)
     assert set(''.join(samples)) <= set(chars)
-    one_line_error(run('sample.py', f'--out_dir={alone}', '--start=ROMEO: ¿qué?', '--device=cpu'),
-                   "'¿'", 'vocabulary')
+    one_line_error(bad, "'¿'", 'vocabulary')
 
 
 def test_resume_on_another_vocabulary_is_refused(char_run, tmp_path):
     tmp, _, out = char_run
     (tmp_path / 'other.txt').write_text('only these letters ' * 400, encoding='utf-8')
-    assert run('prepare.py', '--input', tmp_path / 'other.txt', '--name', 'other', '--char', '--data_root',
-               tmp_path).returncode == 0
     resumed = tmp_path / 'resumed'
     shutil.copytree(out, resumed)
-    r = run('train.py', f'--data_root={tmp_path}', '--dataset=other', f'--out_dir={resumed}', *TINY,
-            '--init_from=resume', '--max_iters=9')
+    prepared, r = run_scripts([['prepare.py', '--input', tmp_path / 'other.txt', '--name', 'other', '--char',
+                                '--data_root', tmp_path],
+                               ['train.py', f'--data_root={tmp_path}', '--dataset=other',
+                                f'--out_dir={resumed}', *TINY, '--init_from=resume', '--max_iters=9']])
+    assert prepared.returncode == 0, prepared.stderr
     one_line_error(r, 'vocabulary')
 
 

@@ -1,7 +1,6 @@
 """Offline tests for prepare.py: local-file tokenization, the offline GPT-2 tokenizer, CLI errors."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import data  # noqa: E402
 import prepare  # noqa: E402
+from conftest import run_scripts  # noqa: E402
 from data import get_encoding  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")  # real text, never copied into the repo
@@ -36,11 +36,6 @@ def reference_encoding():
         return tiktoken.get_encoding("gpt2")
     except Exception:
         return None
-
-
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, os.path.join(REPO, "prepare.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
 
 
 def read_bin(path):
@@ -167,40 +162,51 @@ def assert_one_line_error(r):
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
 
 
-def test_error_missing_file(tmp_path):
-    r = run_cli("--input", str(tmp_path / "nope.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
+@pytest.fixture(scope="module")
+def errors(tmp_path_factory):
+    """{case: (prepare.py's result, its folder)} for the error cases below, all run in one process."""
+    d = {case: tmp_path_factory.mktemp(case) for case in ("missing", "empty", "tiny", "latin1", "unknown")}
+    (d["empty"] / "empty.txt").write_bytes(b"")
+    (d["tiny"] / "tiny.txt").write_text("Hi", encoding="utf-8")
+    (d["tiny"] / "out").mkdir()  # existed before: stays, but gets no NAME dir and no temp files
+    (d["latin1"] / "latin1.txt").write_bytes("good text, then caf".encode() + "é".encode("latin-1") + b" ok")
+    files = {"missing": "nope", "empty": "empty", "tiny": "tiny", "latin1": "latin1"}
+    args = {case: ["--input", d[case] / f"{name}.txt", "--name", "x"] for case, name in files.items()}
+    args["unknown"] = ["nosuchset"]
+    runs = run_scripts([["prepare.py", *a, "--data_root", d[case] / "out"] for case, a in args.items()])
+    return {case: (r, d[case]) for case, r in zip(args, runs)}
+
+
+def test_error_missing_file(errors):
+    r, tmp_path = errors["missing"]
     assert_one_line_error(r)
     assert "nope.txt" in r.stderr and "not found" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_error_empty_file(tmp_path):
-    (tmp_path / "empty.txt").write_bytes(b"")
-    r = run_cli("--input", str(tmp_path / "empty.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
+def test_error_empty_file(errors):
+    r, tmp_path = errors["empty"]
     assert_one_line_error(r)
     assert "empty" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_error_too_few_tokens_leaves_nothing(tmp_path):
-    (tmp_path / "tiny.txt").write_text("Hi", encoding="utf-8")
-    (tmp_path / "out").mkdir()  # existed before: stays, but gets no NAME dir and no temp files
-    r = run_cli("--input", str(tmp_path / "tiny.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
+def test_error_too_few_tokens_leaves_nothing(errors):
+    r, tmp_path = errors["tiny"]
     assert_one_line_error(r)
     assert "too few" in r.stderr
     assert os.listdir(tmp_path / "out") == []
 
 
-def test_error_not_utf8(tmp_path):
-    (tmp_path / "latin1.txt").write_bytes("good text, then caf".encode() + "é".encode("latin-1") + b" more")
-    r = run_cli("--input", str(tmp_path / "latin1.txt"), "--name", "x", "--data_root", str(tmp_path / "out"))
+def test_error_not_utf8(errors):
+    r, tmp_path = errors["latin1"]
     assert_one_line_error(r)
     assert "latin1.txt" in r.stderr and "UTF-8" in r.stderr and "offset 19" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_error_unknown_dataset(tmp_path):
-    r = run_cli("nosuchset", "--data_root", str(tmp_path / "out"))
+def test_error_unknown_dataset(errors):
+    r, tmp_path = errors["unknown"]
     assert_one_line_error(r)
     assert "nosuchset" in r.stderr and "wikitext103" in r.stderr and "openwebtext" in r.stderr
     assert not (tmp_path / "out").exists()

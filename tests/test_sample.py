@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import torch
 
+from conftest import run_scripts
 from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,8 +28,9 @@ def test_sample_continues_the_prompt(tmp_path):
 
 
 def test_sample_errors_are_one_line():
-    out = run_sample('--out_dir=/nonexistent/dir')
-    assert out.returncode != 0 and out.stderr.strip() == 'error: no checkpoint at /nonexistent/dir/ckpt.pt'
-    out = run_sample('--temperatur=0.5')
+    missing, out = run_scripts([['sample.py', '--out_dir=/nonexistent/dir'],
+                                ['sample.py', '--temperatur=0.5']])   # both in one process
+    assert missing.returncode != 0
+    assert missing.stderr.strip() == 'error: no checkpoint at /nonexistent/dir/ckpt.pt'
     assert out.returncode != 0 and out.stderr.startswith("error: unknown config key 'temperatur'")
     assert len(out.stderr.strip().splitlines()) == 1
