@@ -107,13 +107,13 @@ print(json.dumps(results))
 '''
 
 
-def run_scripts(argvs, cwd=REPO, timeout=600):
+def run_scripts(argvs, cwd=REPO, env=None, timeout=600):
     """subprocess.CompletedProcess-like results of `python *argv` for each argv ([script, *args], the script
-    relative to cwd), all run in one process in cwd (the repository: its modules)."""
+    relative to cwd), all run in one process in cwd (the repository: its modules), env added to its own."""
     import subprocess
     from types import SimpleNamespace
     r = subprocess.run([sys.executable, '-c', DRIVER, json.dumps([[str(a) for a in argv] for argv in argvs])],
-                       cwd=cwd, capture_output=True, text=True, timeout=timeout)
+                       cwd=cwd, env=os.environ | (env or {}), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(r.stdout.splitlines()[-1])
     return [SimpleNamespace(returncode=code, stdout=out, stderr=err) for code, out, err in results]

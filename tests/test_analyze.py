@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import analyze  # noqa: E402
 from configurator import configure  # noqa: E402
-from conftest import train_defaults  # noqa: E402
+from conftest import run_scripts, train_defaults  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 transformers = pytest.importorskip('transformers')
@@ -307,17 +307,14 @@ def test_main_dataset(tmp_path):
         analyze.main(args[:-2] + ['--seq_len', '600'])
 
 
-@pytest.mark.parametrize('case', ['unknown_hub_name', 'random_file'])
-def test_cli_one_line_errors(tmp_path, case):
-    if case == 'unknown_hub_name':
-        r = run_cli('--hf', 'no-such-org/no-such-model', '--out_dir', str(tmp_path / 'o'),
-                    env={'HF_HUB_OFFLINE': '1'})
-    else:
-        bad = tmp_path / 'ckpt.pt'
-        bad.write_bytes(os.urandom(1000))
-        r = run_cli('--ckpt', str(bad), '--out_dir', str(tmp_path / 'o'))
-    assert r.returncode != 0
-    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith('error:'), r.stderr
+def test_cli_one_line_errors(tmp_path):   # an unknown hub name (offline) and a random file, in one process
+    (tmp_path / 'ckpt.pt').write_bytes(os.urandom(1000))
+    runs = run_scripts([['analyze.py', '--hf', 'no-such-org/no-such-model', '--out_dir', tmp_path / 'o'],
+                        ['analyze.py', '--ckpt', tmp_path / 'ckpt.pt', '--out_dir', tmp_path / 'o']],
+                       env={'HF_HUB_OFFLINE': '1'})
+    for r in runs:
+        assert r.returncode != 0
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith('error:'), r.stderr
     assert not (tmp_path / 'o' / 'heads.csv').exists()
 
 

@@ -328,30 +328,28 @@ def test_ddp_matches_one_process_and_resumes(tiny_data, tmp_path):
 
 # ------------------------------------------------------------------------------ the 125M config
 
-def test_sd_125m_config_builds_and_counts_parameters(tiny_text, tmp_path):
+def test_sd_125m_config_builds_and_counts_parameters_and_a_partial_interval_is_logged(tiny_data, tiny_text,
+                                                                                      tmp_path):
     # GPT-2's vocabulary (padded to 50304), as for OpenWebText; the tiny dataset's ids are all below it
     ids = np.frombuffer(tiny_text[:20_000].encode(), dtype=np.uint8).astype(np.uint16)
     write_dataset(str(tmp_path), 'gpt2vocab', ids, vocab_size=50257)
-    r = subprocess.run([sys.executable, TRAIN, 'config/sd_125m.py', '--device=cpu', '--compile=False',
-                        '--eval_only=True', f'--data_root={tmp_path}', '--dataset=gpt2vocab',
-                        f'--out_dir={tmp_path / "out"}', '--eval_iters=1', '--gradient_accumulation_steps=1',
-                        '--batch_size=1', '--block_size=64', '--dtype=float32'], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    big, tiny = tmp_path / 'big', tmp_path / 'tiny'   # both runs in one process
+    r, partial = run_scripts([[TRAIN, 'config/sd_125m.py', '--device=cpu', '--compile=False',
+                               '--eval_only=True', f'--data_root={tmp_path}', '--dataset=gpt2vocab',
+                               f'--out_dir={big}', '--eval_iters=1', '--gradient_accumulation_steps=1',
+                               '--batch_size=1', '--block_size=64', '--dtype=float32'],
+                              command(tiny_data, tiny, '--max_iters=1', '--log_interval=10')[1:]])
+    assert r.returncode == 0 and partial.returncode == 0, r.stderr[-3000:] + partial.stderr[-3000:]
     with torch.device('meta'):   # the count from the model code: S−D, no LayerNorm, 12 x 768
         model = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, attn='sd', norm='none', bias=False,
                               vocab_size=50304, block_size=64))
     assert f"{model.num_params() / 1e6:.2f}M" == '117.09M'
     assert re.search(r'^parameters: 117\.09M ', r.stdout, re.M), r.stdout
-    counts, evaluation = read_log(tmp_path / 'out')   # eval_only: the counts, one evaluation, no checkpoint
+    counts, evaluation = read_log(big)   # eval_only: the counts, one evaluation, no checkpoint
     assert counts == {'iter': -1, 'params': model.num_params(), 'attn_params': model.num_attention_params()}
-    assert evaluation['iter'] == 0 and not (tmp_path / 'out' / 'ckpt.pt').exists()
-
-
-def test_a_partial_log_interval_is_logged(tiny_data, tmp_path):
-    train(tiny_data, tmp_path / 'out', '--max_iters=1', '--log_interval=10')
-    assert [r['iter'] for r in read_log(tmp_path / 'out') if 'loss' in r] == [0]   # the one iteration
-    assert ckpt_iter(tmp_path / 'out') == 1
+    assert evaluation['iter'] == 0 and not (big / 'ckpt.pt').exists()
+    # log_interval 10, one iteration: it is still logged, as a partial interval
+    assert [r['iter'] for r in read_log(tiny) if 'loss' in r] == [0] and ckpt_iter(tiny) == 1
 
 
 # ------------------------------------------------------------------------------ data.py
