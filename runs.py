@@ -59,7 +59,7 @@ def spike_figure(rows):
         lines = [r for r in lines if r['iter'] >= spike['spike_iter'] - 200 and 'score_max' in r]
         it, scores = [r['iter'] for r in lines], np.array([r['score_max'] for r in lines])
         axes[0].plot(it, [r['loss'] for r in lines], color='k')
-        axes[0].set(title=f"{run['name']}: train loss", yscale='log')
+        axes[0].set(title=f"{label(run['name'])}, {run['name'].rsplit('_', 1)[-1]}: train loss", yscale='log')
         for layer, s in enumerate(scores.T):
             axes[1].plot(it, s, label=f'layer {layer}', color=f'C{layer}')
         axes[1].set(title='max |q·k|/√d per layer', yscale='log')
