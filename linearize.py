@@ -51,6 +51,7 @@ def parse_args(argv):
     p.add_argument('--transfer_lr', type=float, default=1e-2)
     p.add_argument('--finetune_iters', type=int, default=0, help='AdamW steps of healing after the switch')
     p.add_argument('--finetune_lr', type=float, default=1e-4)
+    p.add_argument('--k', type=int, nargs='+', help='only these k (default: 0 … n_layer; k = 0 always)')
     p.add_argument('--per_layer', action='store_true', help='each layer alone at each window; cheapest fixes')
     p.add_argument('--out_dir', default='out/linearize')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -60,6 +61,8 @@ def parse_args(argv):
             or min(args.finetune_lr, args.transfer_lr) <= 0:
         p.error('--num_batches and --batch_size must be at least 1, --finetune_iters and --transfer_iters '
                 '>= 0, --finetune_lr and --transfer_lr > 0')
+    if args.k and min(args.k) < 0:
+        p.error(f'--k must be >= 0, got {min(args.k)}')
     if args.window < 0:
         p.error(f'--window must be >= 0, got {args.window}')
     if len(set(map(os.path.abspath, args.ckpt))) != len(args.ckpt):
@@ -311,6 +314,9 @@ def main(argv=None):
         model, ckpt = GPT.from_checkpoint(path)
         shapes.append((model.config.block_size, model.config.vocab_size,
                        ckpt.get('config', {}).get('dataset'), data.tokenizer_of(ckpt)))
+        if args.k and max(args.k) > len(model.switchable()):
+            sys.exit(f"error: --k {max(args.k)} is more than the {len(model.switchable())} switchable layers "
+                     f"of {path}")
     if args.dataset is None:
         datasets = {s[2] for s in shapes}
         if len(datasets) != 1 or None in datasets:
@@ -368,11 +374,12 @@ def main(argv=None):
         trained = {k: v.clone() for k, v in model.state_dict().items()}
         window = windows.get(arm_of(names[path]), args.window)
         switchable = model.switchable()
-        bar.total += len(args.order) * (len(switchable) + 1)
+        ks = [k for k in range(len(switchable) + 1) if not args.k or k in {0, *args.k}]
+        bar.total += len(args.order) * len(ks)
         done = {}   # layers switched -> results; k = 0 is the same for every order
         no_attn = without_attention(model, batches)
         for order in args.order:
-            for k in range(len(switchable) + 1):
+            for k in ks:
                 layers = tuple(sorted(pick_layers(model, order, k, erank)))
                 bar.set_postfix_str(f"{names[path]} {order} k={k}")
                 if layers not in done:

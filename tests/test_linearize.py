@@ -190,6 +190,10 @@ def test_k0_reproduces_val_loss_and_k_max_is_all_linear(tmp_path, data_root, ckp
     with open(tmp_path / 'lin' / 'linearize.png', 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert sorted(os.listdir(tmp_path / 'lin')) == ['linearize.csv', 'linearize.png', 'linearize_arms.csv']
+    some = run(tmp_path, data_root, '--ckpt', ckpts['sd'], '--order', 'last', '--k', '2')   # k = 0 always
+    assert [(r['k'], r['val_loss']) for r in some] == [(r['k'], r['val_loss']) for r in rows
+                                                       if r['ckpt'] == ckpts['sd'] and r['order'] == 'last'
+                                                       and r['k'] != 1]
 
 
 def test_orders_pick_the_layers_they_say(tmp_path, data_root, ckpts, fake_erank):
@@ -269,6 +273,8 @@ def test_bad_input(tmp_path, data_root, ckpts):
                       (['--ckpt', ckpts['sd'], ckpts['sd']], 'twice'),
                       (['--ckpt', ckpts['sd'], '--num_batches', '0'], 'num_batches'),
                       (['--ckpt', ckpts['sd'], '--window', '-1'], '--window must be >= 0, got -1'),
+                      (['--ckpt', ckpts['sd'], '--k', '-1'], '--k must be >= 0, got -1'),
+                      (['--ckpt', ckpts['sd'], '--k', '3'], '--k 3 is more than the 2 switchable layers'),
                       (['--ckpt', ckpts['sd'], '--transfer_iters', '-1'], 'transfer_iters')):
         with pytest.raises(SystemExit, match=msg):
             linearize.main(['--data_root', data_root, '--dataset', 'tiny', '--out_dir', str(out), *args])
