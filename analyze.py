@@ -1,13 +1,7 @@
-"""
-Routing (skew-symmetric) and filtering (symmetric) parts of each head's weight kernel M = W_q^T W_k (S−D:
-also S, D; RoPE: also W_q^T R_Δ W_k at offsets Δ) and of its interaction matrix A = QK^T/sqrt(d_h) on text
-(pre-softmax, unmasked, the model's own q, k, scaling: biases, q/k norms, rotary, soft-cap; mean over texts).
-
+"""Routing (skew) and filtering (symmetric) parts of each head's weight kernel M = W_q^T W_k and of
+A = QK^T/√d_h on text, per model and arm; see the README.
     python analyze.py --ckpt out/quick_sd out/quick_sd_std --dataset shakespeare_char [--suggest FILE]
     python analyze.py --hf gpt2 bert-base-uncased EleutherAI/pythia-410m --text_file wiki.txt --num_seqs 16
-
-Writes OUT_DIR/heads.csv (a row per model, level, layer, head), summary.json (per layer: mean and std over
-heads, and over the seeds of an arm NAME_s<seed>), cascade.png, rho.png, heatmap_<model>.png: all or nothing.
 """
 import argparse
 import json
@@ -408,8 +402,7 @@ def main(argv=None):
                    models=models, arms=arms)
     # every file at once: heads.csv, summary.json, the figures, the suggested config
     outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
-    outputs |= {f: lambda file, fig=fig: fig.savefig(file, format='png', dpi=130)
-                for f, fig in make_figures(rows, summary).items()}
+    outputs |= {f: data.png(fig) for f, fig in make_figures(rows, summary).items()}
     suggested = {args.suggest: suggest_config(name, models[name], args.allocate)} if args.suggest else {}
     data.write_files({os.path.join(args.out_dir, f): out for f, out in outputs.items()} | suggested)
     report(models, arms)

@@ -1,12 +1,5 @@
-"""Measures and prints (no pass/fail); variants run interleaved in one process, every number a median
-of repeats: training tokens/s per attention type, eager vs torch.compile (compiled/eager, vs standard, MFU
-against the matmul peak measured here, compile s, losses); decode ms/token vs context and cache bytes,
-softmax k/v cache vs ELU+1 state (alone, beside a 32-token window); analyze.py's metrics of the 1,776 heads
-of GPT-2/BERT shapes (random weights) vs the naive float64 kernel on a few heads, extrapolated, and the
-weight and rotary levels of a random Llama-3.2-1B-shaped model (--hf's reading included).
-CPU: process CPU time, one thread (~9 min); GPU: synchronize + perf_counter, bf16, a 124M model.
+"""Speed, measured and printed (medians of interleaved repeats): training, decoding, analyze.py's metrics.
     python bench.py [--quick] [--device cuda] [--json out.json] [--attn TYPE ...]
-        # --quick: seconds, tiny shapes, compile 'eager'; --attn: training and decoding of these types only
 """
 import argparse
 import json

@@ -1,11 +1,5 @@
-"""
-Config files and --key=value overrides for train.py and sample.py, checked (unknown keys, wrong types:
-one line):
-    python train.py config/quick_sd.py config/deep.py config/hybrid_third.py --seed=2 \\
-        --attn="['linear','sd','sd']"
-A config file is Python that assigns globals and sees the values set before it (files compose); a value is
-parsed with ast.literal_eval (a bare word stays a string).
-"""
+"""Config files (Python that sees the values set before it) and --key=value (ast.literal_eval; a bare word
+stays a string) for train.py and sample.py; unknown keys and wrong types are one-line errors."""
 import ast
 import sys
 

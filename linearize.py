@@ -1,17 +1,5 @@
-"""
-Post-hoc linearization: switch k softmax layers (any layer not trained as ELU+1) of trained models to ELU+1
-attention on each layer's own q and k, optionally beside a softmax window of the last --window tokens, and
-measure val PPL as switched, after attention transfer (--transfer_iters: only what the switch added, feature
-maps and window gains, trained to reproduce each layer's trained output) and after LM healing
-(--finetune_iters), for k = 0, 1, ... and each --order: the first or last k such layers, or cascade: the k of
-lowest routing erank. --per_layer first
-measures each layer switched alone at every window in WINDOWS; the sweep then gives each layer its
-cheapest fix, the smallest window under +5% PPL (after transfer with --transfer_iters). Every k of every
-checkpoint sees the same val batches (with --seed 0, those train.py evaluates on). Writes
-OUT_DIR/linearize.csv, linearize_arms.csv (mean ± std over the seeds of each arm: checkpoint folders
-NAME_s<seed>), linearize.png; with --per_layer also per_layer.csv, per_layer_arms.csv, cheapest.csv,
-per_layer.png.
-
+"""Post-hoc linearization: switch k softmax layers of trained models to ELU+1 on their own q, k (beside a
+softmax window, after attention transfer, after healing) and measure val PPL; see the README.
     python linearize.py --ckpt out/quick_sd out/quick_sd_std --order first last cascade [--finetune_iters 100]
     python linearize.py --ckpt out/d6_s* --per_layer --transfer_iters 100 --order cascade
 """
@@ -31,7 +19,9 @@ from model import ATTN_TYPES, GPT
 ORDERS = ('first', 'last', 'cascade')
 WINDOWS = (0, 2, 4, 8, 16, 32)   # --per_layer: the windows tried, smallest first
 BUDGET = 5.0                     # --per_layer: a fix is a window whose PPL increase is under BUDGET %
-STAGES = {'': 'switched', 'at_': 'after attention transfer', 'ft_': 'healed'}   # column prefix: what
+STAGES = {'': ('switched', None, 'o', 1.0), 'at_': ('after attention transfer', 'transfer_iters', 's', 0.75),
+          'ft_': ('healed', 'finetune_iters', 'x', 0.5)}   # column prefix: (what, its flag, marker, alpha)
+STATS = ('val_loss', 'ppl', 'delta_pct')   # the columns of each stage
 
 
 def parse_args(argv):
@@ -39,7 +29,7 @@ def parse_args(argv):
     p.error = lambda msg: sys.exit(f"error: {msg} (see python linearize.py --help)")
     p.add_argument('--ckpt', action='extend', nargs='+', required=True,
                    help='train.py checkpoints or out_dirs')
-    p.add_argument('--dataset', help="DATA_ROOT/DATASET/val.bin (default: the checkpoints' dataset)")
+    p.add_argument('--dataset', help="default: the checkpoints' dataset")
     p.add_argument('--data_root', default='data')
     p.add_argument('--order', action='extend', nargs='+', choices=ORDERS, help='one or more (default: first)')
     p.add_argument('--num_batches', type=int, default=20)
@@ -101,9 +91,7 @@ def finetune(model, train, args, block_size):
 
 def match_loss(model, layers, x):
     """Attention transfer's loss: the sum over the switched `layers` of the MSE between each one's mixer
-    output (B, H, T, d_h) and its trained mixer's (softmax) on the same q, k, v, on the hidden states of the
-    model with those layers back on their trained mixers (teacher forcing: each layer learns from the trained
-    model's inputs, all at once)."""
+    output and its trained mixer's on the same q, k, v, all on the trained model's hidden states."""
     attns = [model.attention_layers()[i] for i in sorted(layers)]
     mixers, inputs = [a.mixer for a in attns], []
     hooks = [a.register_forward_pre_hook(lambda module, args: inputs.append(args[0])) for a in attns]
@@ -146,9 +134,8 @@ def without_attention(model, batches):
 
 
 def measure(model, layers, window, batches, train, args, block_size, trained, heal=True):
-    """Val loss with `layers` switched at `window` (int or {layer: w}): as switched, after attention transfer
-    (--transfer_iters), after LM healing (--finetune_iters, unless heal=False); the trained model back after.
-    """
+    """Val loss with `layers` switched at `window` (int or {layer: w}): as switched, after attention transfer,
+    after LM healing (unless heal=False); the trained model back after."""
     model.linearize(layers, window)
     out = {'val_loss': evaluate(model, batches)}
     if args.transfer_iters:
@@ -164,10 +151,10 @@ def measure(model, layers, window, batches, train, args, block_size, trained, he
     return out
 
 
-def add_deltas(rows, base, prefixes):
-    """PPL and its increase in % over `base` (the unswitched row's losses) for each measured stage."""
+def add_deltas(rows, base):
+    """PPL and its increase in % over `base` (the unswitched row's losses) for each stage measured."""
     for r in rows:
-        for p in prefixes:
+        for p in (p for p in STAGES if p + 'val_loss' in base):
             r[p + 'ppl'] = math.exp(min(r[p + 'val_loss'], 50))
             r[p + 'delta_pct'] = 100 * (r[p + 'ppl'] / math.exp(min(base[p + 'val_loss'], 50)) - 1)
 
@@ -197,7 +184,7 @@ def cheapest(arms, prefix):
     return {key: w for key, (w, _) in fix.items()}
 
 
-def per_layer(args, names, batches, train, block_size, erank_of, prefixes):
+def per_layer(args, names, batches, train, block_size, erank_of):
     """Each switchable layer of each checkpoint switched alone at every window in WINDOWS, as switched and
     after attention transfer: a row per checkpoint, layer and window (with its erank for --order cascade)."""
     rows = []
@@ -208,7 +195,7 @@ def per_layer(args, names, batches, train, block_size, erank_of, prefixes):
         mine = [{'ckpt': path, 'name': names[path], 'layer': i, 'window': w, **run((i,), w),
                  **({'erank': float(erank[i])} if erank else {})}
                 for i in model.switchable() for w in WINDOWS]
-        add_deltas(mine, run((), 0), prefixes)
+        add_deltas(mine, run((), 0))
         rows += mine
     return rows
 
@@ -217,9 +204,8 @@ def cheapest_fixes(table, prefixes):
     """From the per-layer table: (its arm means, one row per arm and layer with its cheapest window and ΔPPL
     there for each stage, {arm: {layer: window}} of the last stage: after attention transfer if measured)."""
     arms = by_arm(table, ('layer', 'window'))
-    mean, fix, rows, windows = {(a['arm'], a['layer'], a['window']): a for a in arms}, {}, [], {}
-    for p in prefixes:
-        fix[p] = cheapest(arms, p)
+    mean, rows, windows = {(a['arm'], a['layer'], a['window']): a for a in arms}, [], {}
+    fix = {p: cheapest(arms, p) for p in prefixes}
     for arm, layer in fix['']:
         a = mean[arm, layer, 0]
         rows.append({'arm': arm, 'layer': layer, 'n': a['n'], **{c: a[c] for c in ('erank',) if c in a}})
@@ -231,22 +217,26 @@ def cheapest_fixes(table, prefixes):
     return arms, rows, windows
 
 
+def draw(ax, xs, rs, p, color, name, ls):
+    """ΔPPL at stage p: the mean over seeds of the arm rows rs against xs, with a ± std band if n > 1."""
+    d, sd, n = [a[p + 'delta_pct'] for a in rs], [a[p + 'delta_pct_std'] for a in rs], rs[0]['n']
+    marker, alpha = STAGES[p][2:]
+    ax.plot(xs, d, color=color, label=name + (f", n={n}" if n > 1 else ''), ls=ls, marker=marker, alpha=alpha)
+    if n > 1:
+        ax.fill_between(xs, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)], color=color,
+                        alpha=0.15 * alpha, lw=0)
+    return d
+
+
+def legend(p, args):   # a stage in a figure's legend
+    steps = {'at_': f', transfer {args.transfer_iters} it', 'ft_': f', healed {args.finetune_iters} it'}
+    return steps.get(p, '')
+
+
 def figure(n_axes, width):
-    import matplotlib
-    matplotlib.use('Agg')
     from matplotlib.figure import Figure
     fig = Figure(figsize=(width, 5), layout='constrained')
     return fig, fig.subplots(1, n_axes, squeeze=False)[0]
-
-
-def draw(ax, xs, rs, col, color, label, **style):
-    """The mean over seeds of column `col` of the arm rows rs against xs, with a ± std band if n > 1."""
-    d, sd, n = [a[col] for a in rs], [a[col + '_std'] for a in rs], rs[0]['n']
-    ax.plot(xs, d, color=color, label=label + (f", n={n}" if n > 1 else ''), **style)
-    if n > 1:
-        ax.fill_between(xs, [m - e for m, e in zip(d, sd)], [m + e for m, e in zip(d, sd)], color=color,
-                        alpha=0.15 * style.get('alpha', 1.0), lw=0)
-    return d
 
 
 def finish(ax, deltas, **labels):
@@ -258,24 +248,15 @@ def finish(ax, deltas, **labels):
     ax.grid(True, alpha=0.3)
 
 
-def stages(args):   # (column, marker, alpha, legend suffix) of each stage measured
-    return [(p + 'delta_pct', marker, alpha, what) for p, marker, alpha, what in (
-        ('', 'o', 1.0, ''), ('at_', 's', 0.75, f', transfer {args.transfer_iters} it'),
-        ('ft_', 'x', 0.5, f', healed {args.finetune_iters} it')) if p == '' or getattr(args, STEPS[p])]
-
-
-STEPS = {'at_': 'transfer_iters', 'ft_': 'finetune_iters'}
-
-
-def plot(arms, args, block_size):
+def plot(arms, args, block_size, prefixes):
     fig, (ax,) = figure(1, 10)
     deltas = []
     for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
-        for order, style in zip(ORDERS, ('-', '--', ':')):
+        for order, ls in zip(ORDERS, ('-', '--', ':')):
             rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
-            for col, marker, alpha, what in stages(args) if rs else ():
-                deltas += draw(ax, [a['k'] for a in rs], rs, col, f'C{c}', f"{label(arm)} ({order}{what})",
-                               ls=style, marker=marker, alpha=alpha)
+            for p in prefixes if rs else ():
+                name = f"{label(arm)} ({order}{legend(p, args)})"
+                deltas += draw(ax, [a['k'] for a in rs], rs, p, f'C{c}', name, ls)
     ax.xaxis.get_major_locator().set_params(integer=True)
     window = ' beside the cheapest window per layer' if args.per_layer else \
         f' beside a {args.window}-token window' * bool(args.window)
@@ -286,7 +267,7 @@ def plot(arms, args, block_size):
     return fig
 
 
-def plot_per_layer(arms, args):
+def plot_per_layer(arms, args, prefixes):
     """ΔPPL of each layer switched alone against its window, one panel per arm."""
     names = list(dict.fromkeys(a['arm'] for a in arms))
     fig, axes = figure(len(names), 5 * len(names) + 2)
@@ -294,9 +275,9 @@ def plot_per_layer(arms, args):
         deltas, layers = [], sorted({a['layer'] for a in arms if a['arm'] == arm})
         for c, layer in enumerate(layers):
             rs = [a for w in WINDOWS for a in arms if (a['arm'], a['layer'], a['window']) == (arm, layer, w)]
-            for (col, marker, alpha, what), ls in zip(stages(args), ('-', '--')):
-                deltas += draw(ax, [WINDOWS.index(a['window']) for a in rs], rs, col, f'C{c}',
-                               f"layer {layer}{what}", ls=ls, marker=marker, alpha=alpha)
+            for p, ls in zip(prefixes, ('-', '--')):
+                deltas += draw(ax, [WINDOWS.index(a['window']) for a in rs], rs, p, f'C{c}',
+                               f"layer {layer}{legend(p, args)}", ls)
         ax.set_xticks(range(len(WINDOWS)), [str(w) for w in WINDOWS])
         finish(ax, deltas, xlabel='softmax window w (tokens; 0: ELU+1 alone)',
                title=f'{label(arm)}: one layer switched')
@@ -343,25 +324,24 @@ def main(argv=None):
                  f"tokenized like its training data (--dataset)")
     batches = [(x.to(args.device), y.to(args.device)) for x, y in batches]
     names = dict(zip(args.ckpt, map(run_name, args.ckpt)))
-
-    prefixes = [p for p in STAGES if not p or getattr(args, STEPS[p])]
+    prefixes = [p for p, (_, flag, *_) in STAGES.items() if not flag or getattr(args, flag)]
+    measured = [p for p in prefixes if p != 'ft_']   # no LM healing per layer
     out, windows = {}, {}   # windows: {arm: {layer: its cheapest window}} from the per-layer table
+
     if args.per_layer:
-        measured = [p for p in prefixes if p != 'ft_']   # no LM healing per layer
-        table = per_layer(args, names, batches, train, block_size, erank_of, measured)
+        table = per_layer(args, names, batches, train, block_size, erank_of)
         layer_arms, fixes, windows = cheapest_fixes(table, measured)
-        columns = ['ckpt', 'layer', 'window', *(p + s for p in measured for s in ('val_loss', 'ppl',
-                                                                                 'delta_pct'))]
+        columns = ['ckpt', 'layer', 'window', *(p + s for p in measured for s in STATS)]
         out |= {os.path.join(args.out_dir, f): v for f, v in (
             ('per_layer.csv', data.csv_text(table, columns + ['erank'] * ('erank' in table[0]))),
             ('per_layer_arms.csv', data.csv_text(layer_arms, list(layer_arms[0]))),
             ('cheapest.csv', data.csv_text(fixes, list(fixes[0]))),
-            ('per_layer.png', lambda f: plot_per_layer(layer_arms, args).savefig(f, format='png', dpi=120)))}
+            ('per_layer.png', data.png(plot_per_layer(layer_arms, args, measured), dpi=120)))}
         print(f"cheapest fix per layer: the smallest window w in {WINDOWS} under +{BUDGET:g}% PPL (mean over "
               f"seeds), else the lowest; ΔPPL % there")
         for f in fixes:
             print(f"{f['arm']:<24} layer {f['layer']}" + (f" erank {f['erank']:.2f}" if 'erank' in f else '')
-                  + ''.join(f" | {STAGES[p]}: w={f[p + 'window']} {f[p + 'delta_pct']:+.1f}%"
+                  + ''.join(f" | {STAGES[p][0]}: w={f[p + 'window']} {f[p + 'delta_pct']:+.1f}%"
                             for p in measured))
 
     rows = []
@@ -390,18 +370,18 @@ def main(argv=None):
                 rows.append({'ckpt': path, 'name': names[path], 'order': order, 'k': k,
                              'layers': ';'.join(map(str, linear)), 'windows': ';'.join(map(str, ws)),
                              **done[layers], 'no_attn_loss': no_attn})
-        add_deltas([r for r in rows if r['ckpt'] == path], done[()], prefixes)
+        add_deltas([r for r in rows if r['ckpt'] == path], done[()])
         del model, trained
     bar.close()
 
     arms = by_arm(rows)
     os.makedirs(args.out_dir, exist_ok=True)
-    columns = ['ckpt', 'order', 'k', 'layers', 'windows',
-               *(p + s for p in prefixes for s in ('val_loss', 'ppl', 'delta_pct')), 'no_attn_loss']
+    columns = ['ckpt', 'order', 'k', 'layers', 'windows', *(p + s for p in prefixes for s in STATS),
+               'no_attn_loss']
     out |= {os.path.join(args.out_dir, f): v for f, v in (
         ('linearize.csv', data.csv_text(rows, columns)),
         ('linearize_arms.csv', data.csv_text(arms, list(arms[0]))),
-        ('linearize.png', lambda f: plot(arms, args, block_size).savefig(f, format='png', dpi=120)))}
+        ('linearize.png', data.png(plot(arms, args, block_size, prefixes), dpi=120)))}
     data.write_files(out)
 
     print("ΔPPL % for k = 0, 1, ... (arms of several seeds: mean ± std over seeds, "
@@ -412,7 +392,7 @@ def main(argv=None):
                                                              else '') for a in rs) for p in prefixes}
         print(f"{a0['arm']:<24} {a0['order']:<8} n={a0['n']} val loss {a0['val_loss']:.4f} (no attention "
               f"{a0['no_attn_loss']:.4f})  {cells['']}"
-              + ''.join(f" | {STAGES[p]}: {cells[p]}" for p in prefixes[1:]))
+              + ''.join(f" | {STAGES[p][0]}: {cells[p]}" for p in prefixes[1:]))
     print(f"wrote {', '.join(out)}")
     return rows
 

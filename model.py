@@ -1,8 +1,5 @@
-"""A GPT whose attention is, per layer, a projection ('standard' q, k; 'sd': scores u_i^T (S − D) u_j / √d_h,
-u = W x, S skew-symmetric, D positive diagonal) times a mixer ('softmax'; 'elu': ELU+1 linear attention,
-Katharopoulos et al. 2020, optionally beside a softmax window of the last w tokens); attn='linear' is standard
-q, k with ELU+1. LayerNorm is optional. A new attention is a mixer in MIXERS and a type in ATTN_TYPES: the
-README's "Add your own attention"."""
+"""A GPT whose attention is, per layer, a projection ('standard' q, k; 'sd': u = W x, scores u_i^T(S − D)u_j)
+times a mixer (MIXERS: softmax, ELU+1 alone or beside a softmax window); LayerNorm optional (README)."""
 import math
 import os
 import pickle
@@ -69,10 +66,8 @@ class GPTConfig:
 
     def layer(self, i):
         """The resolved settings of layer i."""
-        hd = self.per_layer('head_dim')[i] or self.n_embd // self.n_head
-        return dict(attn=self.per_layer('attn')[i], head_dim=hd, sd_rank=self.per_layer('sd_rank')[i],
-                    sd_filter=self.per_layer('sd_filter')[i],
-                    linear_window=self.per_layer('linear_window')[i])
+        c = {k: self.per_layer(k)[i] for k in ('attn', 'head_dim', 'sd_rank', 'sd_filter', 'linear_window')}
+        return c | {'head_dim': c['head_dim'] or self.n_embd // self.n_head}
 
 
 def is_int(v, low=0, none=False):   # an int >= low (a window: >= 0), or None where allowed
@@ -80,19 +75,16 @@ def is_int(v, low=0, none=False):   # an int >= low (a window: >= 0), or None wh
 
 
 class Cache:
-    """Decode cache of one attention layer. Protocol: one forward of the prompt (any length) into an empty
-    cache, then forwards of one token each; `n` counts the tokens seen, `size` (default: the prompt's) bounds
-    them. The mixer keeps what it needs: softmax, k/v buffers of `size` positions, written in place; ELU+1,
-    `state` (Σ φ(k)ᵀv, Σ φ(k), fp32) of the tokens before its window and, for a window w, k/v ring buffers of
-    the last w tokens (position p in slot p mod w)."""
+    """Decode cache of one attention layer: one forward of the prompt into an empty cache, then one token at
+    a time; `n` counts the tokens seen, `size` (default: the prompt's) bounds them. The mixer keeps what it
+    needs (softmax: k/v buffers of `size`; ELU+1: its state and, beside a window w, k/v rings of w slots)."""
 
     def __init__(self, size=None):
         self.size, self.n, self.k, self.v, self.state = size, 0, None, None, None
 
 
 class Softmax(nn.Module):
-    """Causal softmax attention (SDPA; with a soft-cap c, the scores c·tanh(s/c) computed in the open);
-    decoding reads a preallocated k/v cache."""
+    """Causal softmax attention (SDPA; soft-capped scores c·tanh(s/c) in the open); a preallocated cache."""
     name = 'softmax'
 
     def __init__(self, config, layer):

@@ -1,11 +1,6 @@
-"""
-Token files for train.py, all or nothing: DATA_ROOT/NAME/{train,val}.bin (uint16; val: the last
-val_fraction) and meta.json. Characters (--char, shakespeare_char), a byte-level BPE of N tokens trained on
-the train split only (--bpe N; stored in meta.json and every checkpoint) or GPT-2 BPE; several --input files
-are joined by <|endoftext|> (by a newline with --char and --bpe).
+"""Token files DATA_ROOT/NAME/{train,val}.bin (uint16) and meta.json, all or nothing; see the README.
     python prepare.py shakespeare_char    # or shakespeare | wikitext2 | wikitext103 | openwebtext (downloads)
     python prepare.py --input a.txt b.txt --name mydata [--char | --bpe 2048] [--val_fraction 0.1]
-                      [--data_root data]
 """
 import argparse
 import json

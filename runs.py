@@ -1,10 +1,6 @@
-"""Compare training runs across seeds (folders NAME_s<seed> of arm NAME): final val loss mean ± std over the
-seeds that reached the last iteration, parameters, attention parameters, tokens/s, how many runs met a loss
-spike and how many stopped; val-loss curves with ± std bands; each arm's first spike with what led to it; with
---vs, ΔPPL vs attention parameters against a baseline arm and Fisher's exact test of the spike rates. Each
-folder: train.py's log.jsonl (parameter counts: its first record; '-' for logs from before they were written).
-    python runs.py out/exp/*  [--out_dir docs]  [--vs ARM=BASELINE ...]
-        # --out_dir: runs.csv, runs.png, tradeoff.png, spikes.png"""
+"""Training runs across seeds (folders NAME_s<seed> of arm NAME): val loss mean ± std, curves, spike rates,
+each arm's first spike, and with --vs the trade-off against a baseline arm; see the README.
+    python runs.py out/exp/*  [--out_dir docs]  [--vs ARM=BASELINE ...]"""
 import argparse
 import json
 import math

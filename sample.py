@@ -1,8 +1,5 @@
-"""
-Sample from a trained checkpoint (its vocabulary travels in it) or a pretrained GPT-2:
-    python sample.py --out_dir=out/quick_sd --start="ROMEO:" \\
-        [--num_samples=3 --init_from=gpt2 --start=FILE:p.txt]
-"""
+"""Sample from a trained checkpoint (its vocabulary travels in it) or a pretrained GPT-2:
+    python sample.py --out_dir=out/quick_sd --start="ROMEO:" [--num_samples=3 --init_from=gpt2]"""
 import os
 
 import torch

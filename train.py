@@ -1,10 +1,6 @@
-"""
-Train a GPT with standard, S−D or ELU+1 attention (per layer), on a CPU, one GPU, or several with DDP:
+"""Train a GPT on a CPU, one GPU or several (DDP); atomic, exactly resumable checkpoints; survives spikes.
     python train.py config/quick_sd.py [config/std.py] [--key=value ...]
     torchrun --standalone --nproc_per_node=8 train.py config/sd_125m.py
-Checkpoints are atomic; --init_from=resume continues exactly. SIGINT/SIGTERM saves a checkpoint and exits (a
-second one stops at once). A NaN/inf loss or a loss spike restores the last good state (kept in memory), skips
-the batches since then and goes on; max_spikes of them in a row stop the run, the checkpoint still good.
 """
 import copy
 import json
@@ -230,8 +226,7 @@ def estimate_loss():
 @torch.no_grad()
 def layer_stats(x, y):
     """What grows before a spike, on the micro-batch just trained (one more forward): the residual stream's
-    RMS at each block's input and at the end, each layer's max |pre-softmax score| q·k/√d over causal pairs,
-    the output logits' RMS and max |logit| (before any soft-cap)."""
+    RMS at each block's input and at the end, each layer's max causal |q·k|/√d, the logits' RMS and max."""
     out, causal = {'resid_rms': [], 'score_max': []}, torch.ones(len(x[0]), len(x[0]), device=x.device).tril()
     rms = lambda t: t.float().pow(2).mean().sqrt()
 
@@ -263,9 +258,8 @@ def save_checkpoint():   # with the spike state; and the last good state if it i
 
 
 def snapshot():
-    """Keep the current state as the last good one, in memory: at the start, at the log line past each
-    multiple of good_interval and at each checkpoint every eval_interval. Any other checkpoint carries the
-    last good state, so that a resumed run goes back where an uninterrupted one would."""
+    """Keep the current state in memory as the last good one (at the start, at the log line past each
+    multiple of good_interval, at each eval_interval); other checkpoints carry it for an exact resume."""
     global good, strikes
     good = {'iter': iter_num, 'model': {k: v.clone() for k, v in raw_model.state_dict().items()},
             'optimizer': copy.deepcopy(optimizer.state_dict()), 'loss_ema': loss_ema}
@@ -273,9 +267,8 @@ def snapshot():
 
 
 def log(record, below=None, spikes=False):
-    """Append a record to log.jsonl; below: first drop the records from that iteration on and a last line cut
-    short by a kill (it has no newline); spikes: keep the spike records, and the others dropped go into this
-    one's 'trace' (what led up to the spike)."""
+    """Append a record to log.jsonl; below: first drop the records from that iteration on and a line cut short
+    by a kill; spikes: keep the spike records, and the others dropped go into this one's 'trace'."""
     if below is not None:
         kept, dropped = [], []
         if os.path.exists(log_path):
@@ -292,11 +285,9 @@ def log(record, below=None, spikes=False):
 
 
 def check():
-    """The mean loss of the iterations since the last check (one host sync), or None after a spike (our rule):
-    a NaN/inf loss or gradient norm, or after warmup_iters a loss above spike_factor x loss_ema, the moving
-    average of the losses before it (decay 0.99: about 100 iterations). Then the last good state comes back,
-    the batches of its iterations through the spike are skipped (train_iter), and the max_spikes-th spike in a
-    row stops the run."""
+    """The mean loss of the iterations since the last check (one host sync), or None after a spike: a NaN/inf
+    loss or gradient norm, or after warmup a loss above spike_factor x loss_ema (decay 0.99). Then the last
+    good state comes back and its batches through the spike are skipped; max_spikes in a row stop the run."""
     global iter_num, loss_ema, strikes
     losses = torch.stack(pending) / world_size
     if ddp:
