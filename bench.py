@@ -93,8 +93,7 @@ def training(s, env, peak, types):
           for (a, comp), r in runs.items() for dt in [statistics.median(r['times'])]}
     tok, base = {k: r['tokens_per_s'] for k, r in by.items()}, types[0]
     print(f"\ntraining: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, block {T}, batch {B}, "
-          f"vocab {c['vocab_size']}; tokens/s (MFU); blocks of {s['steps']} steps"
-          f"{' (compile backend eager)' * env.quick}")
+          f"vocab {c['vocab_size']}; blocks of {s['steps']} steps{' (compile backend eager)' * env.quick}")
     table(['attn', 'eager tok/s', 'compiled tok/s', 'compiled/eager', f'vs {base}, eager',
            f'vs {base}, compiled', 'MFU eager', 'MFU compiled', 'compile s', 'loss eager', 'loss compiled'],
           [[a, tok[a, False], tok[a, True], tok[a, True] / tok[a, False], tok[a, False] / tok[base, False],
@@ -138,9 +137,8 @@ def decoding(s, env, setups):
                  **{f'{n} bytes': cache_bytes(model, prompts[L], env) for n, model in models.items()})
             for L in prompts]
     short, names = [x[0] for x in setups], list(models)
-    print(f"\ndecode: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, vocab {c['vocab_size']}, "
-          f"batch 1; ms/token, {s['new_tokens']} new tokens after a prompt of `context` tokens "
-          f"(model.generate); the caches' KiB after the prompt")
+    print(f"\ndecode: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, batch 1; ms/token of "
+          f"{s['new_tokens']} new tokens after `context` tokens (model.generate); the caches' KiB after it")
     table(['context', *names, *(f'{short[0]}/{x}' for x in short[1:]), *(f'{x} KiB' for x in short)],
           [[r['context'], *(r[n] for n in names), *(r[names[0]] / r[n] for n in names[1:]),
             *(r[f'{n} bytes'] / 1024 for n in names)] for r in rows])
@@ -195,10 +193,9 @@ def analysis_llama(a):
     out = dict(params=sum(p.numel() for p in model.parameters()), heads=heads, d_model=Wq.shape[-1],
                offsets=len(w['rot']), fast_s=statistics.median(t for t, _ in times),
                naive_weight_s=dt * heads, max_rel_diff=err)
-    print(f"\nanalysis of a random Llama-3.2-1B-shaped model ({out['params'] / 1e6:,.1f}M parameters, "
-          f"{shape['num_attention_heads']} query and {shape['num_key_value_heads']} key heads, on the meta "
-          f"device): weight level and rotary level at {len(w['rot'])} offsets, hf_layers included, CPU s on "
-          f"1 thread, median of {a['repeats']}; naive: a head timed, extrapolated")
+    print(f"\nanalysis of a random Llama-3.2-1B shape ({out['params'] / 1e6:,.1f}M parameters, "
+          f"{shape['num_attention_heads']} query and {shape['num_key_value_heads']} key heads): weight and "
+          f"rotary levels at {len(w['rot'])} offsets, hf_layers included; naive: a head timed, extrapolated")
     table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s (weight level)'],
           [['llama-1b', heads, Wq.shape[-1], out['fast_s'], dt * heads]])
     print(f"max relative difference analyze.py vs naive (a head: its kernel and offset "

@@ -21,8 +21,7 @@ NPROC = os.cpu_count() or 1
 
 
 def read_text(path):
-    """The UTF-8 text of a file (local files are read into memory); a one-line error names a bad byte's
-    offset."""
+    """The UTF-8 text of a file; a one-line error names a bad byte's offset."""
     with open(path, "rb") as f:
         raw = f.read()
     try:
@@ -42,28 +41,21 @@ def write_tokens(path, arrays):
     return n, max_id
 
 
-def train_bpe(text, vocab_size):
-    """A byte-level BPE of vocab_size tokens (GPT-2's pre-tokenizer, no special tokens, so that any UTF-8 text
-    round-trips) trained on text by the `tokenizers` library."""
+def prepare_bpe(texts, tmp, val_fraction, vocab_size):
+    """Our byte-level BPE (GPT-2's pre-tokenizer, no special tokens: any UTF-8 text round-trips), trained by
+    the `tokenizers` library on the text before its last val_fraction (from a line start), which is val."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    text = "\n".join(texts)
+    cut = text.find("\n", int(len(text) * (1 - val_fraction))) + 1 or len(text)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    lines = text.splitlines(keepends=True)   # pieces of 1,000 lines, counted in parallel
+    lines = text[:cut].splitlines(keepends=True)   # pieces of 1,000 lines, counted in parallel
     bpe.train_from_iterator(("".join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)), trainer)
     if bpe.get_vocab_size() < vocab_size:
         raise SystemExit(f"error: the train split supports only {bpe.get_vocab_size():,} BPE tokens, fewer "
                          f"than --bpe {vocab_size:,}: give more text or a smaller --bpe")
-    return bpe
-
-
-def prepare_bpe(texts, tmp, val_fraction, vocab_size):
-    """Our BPE: the text's last val_fraction (from a line start) is val; the tokenizer is trained on the
-    rest."""
-    text = "\n".join(texts)
-    cut = text.find("\n", int(len(text) * (1 - val_fraction))) + 1 or len(text)
-    bpe = train_bpe(text[:cut], vocab_size)
     split = [np.array(bpe.encode(t).ids, np.uint16) for t in (text[:cut], text[cut:])]
     if min(map(len, split)) < 1:
         raise SystemExit(f"error: the input yields {len(split[0])} train and {len(split[1])} val tokens; "
@@ -76,8 +68,8 @@ def prepare_bpe(texts, tmp, val_fraction, vocab_size):
 
 
 def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
-    """Tokenize local UTF-8 files into tmp/{train,val}.bin; enc=None: one token per character, ids in sorted
-    order, or with bpe (a vocabulary size), our BPE."""
+    """Tokenize local UTF-8 files into tmp/{train,val}.bin: with enc (GPT-2's), with bpe (a vocabulary size)
+    our BPE, else one token per character, ids in sorted order."""
     train, meta, texts = os.path.join(tmp, "train.bin"), {}, [read_text(p) for p in paths]
     if bpe:
         return prepare_bpe(texts, tmp, val_fraction, bpe)
@@ -103,8 +95,7 @@ def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
 
 
 def prepare_hf(name, tmp, enc):
-    """Download a Hugging Face dataset; tokenize its train and validation splits into tmp/ (NPROC
-    processes)."""
+    """Download a Hugging Face dataset; tokenize its train and validation splits into tmp/."""
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no retry chatter offline
     from datasets import load_dataset
     dataset_id = "Skylion007/openwebtext" if name == "openwebtext" else "Salesforce/wikitext"

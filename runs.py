@@ -16,8 +16,8 @@ from data import arm_of, label, mean_std, run_name
 
 
 def read_run(path):
-    """{'evals': [(iter, val_loss)], 'tokens_per_s': median, 'params', 'attn_params': as train.py logged them,
-    or None, 'spikes': its spike records, 'lines': its training lines} of a run folder."""
+    """A run folder's val losses [(iter, val_loss)], median tokens/s, parameter counts (None if not logged),
+    spike records and training lines."""
     with open(os.path.join(path, 'log.jsonl')) as f:
         log = [json.loads(line) for line in f]
     speeds = [r['tokens_per_s'] for r in log if 'tokens_per_s' in r]
@@ -38,9 +38,8 @@ def fisher(a, b, c, d):
 
 
 def spike_figure(rows):
-    """Per arm (the first 4 with one, in the order given), the first spike with a trace of its first run that
-    has one: from 200 iterations before it, the loss, each layer's max |q·k|/√d, the output logits' max and
-    RMS, the residual stream's RMS at the end."""
+    """The first traced spike of the first 4 arms with one: from 200 iterations before it, the loss, each
+    layer's max |q·k|/√d, the logits' max and RMS, the residual stream's RMS at the output."""
     from matplotlib.figure import Figure
     runs = [next((r for r in row['runs'] if any('trace' in s for s in r['spikes'])), None)
             for row in sorted(rows, key=lambda row: row['order'])]
@@ -106,7 +105,7 @@ def figures(rows, last, vs):
     for ax in axes.values():
         ax.grid(alpha=0.3)
     figs = {name: ax.figure for name, ax in axes.items()} | spike_figure(rows)
-    return {name: lambda f, fig=fig: fig.savefig(f, format='png', dpi=130) for name, fig in figs.items()}
+    return {name: data.png(fig) for name, fig in figs.items()}
 
 
 def main(argv=None):
