@@ -254,12 +254,9 @@ def make_figures(rows, summary):
                                                             max(3.5, 0.25 * L + 1.5)), layout='constrained')
         fig.suptitle(f"{name}: routing erank per head")
         for ax, lv in zip(fig.subplots(1, len(lvs), squeeze=False)[0], lvs):
-            own = [r for r in rows if r['model'] == name and r['level'] == lv]
-            grid = torch.full((L, H), math.nan)
-            grid[[r['layer'] for r in own], [r['head'] for r in own]] = torch.tensor([r['routing_erank']
-                                                                                      for r in own])
-            fig.colorbar(ax.imshow(grid.numpy(), aspect='auto', interpolation='nearest'), ax=ax,
-                         label='routing erank')
+            grid = torch.tensor([r['routing_erank'] for r in rows if r['model'] == name and r['level'] == lv])
+            image = ax.imshow(grid.view(L, H).numpy(), aspect='auto', interpolation='nearest')   # layer-major
+            fig.colorbar(image, ax=ax, label='routing erank')
             ax.set(xlabel='head', ylabel='layer', title=LEVELS[lv])
             ax.locator_params(integer=True)
     return figs
