@@ -98,6 +98,12 @@ cp out/results/linearize6/linearize.png docs/linearize6.png
 # the second reading of post-hoc linearization: switch, then heal 100 AdamW steps (lr 1e-4), then evaluate
 python linearize.py --ckpt $(ckpts d6_sd d6_sd_emb1 d6_std) --order first --finetune_iters 100 \
   --num_batches 20 --batch_size 12 --out_dir out/results/heal6
+# the cheapest fix per layer (README "Linearization that heals"): each layer alone at windows 0-32, as switched
+# and after 100 steps of attention transfer; then the cascade-order sweep with each layer at its cheapest window
+python linearize.py --ckpt $(ckpts $D6) --per_layer --transfer_iters 100 --order cascade --num_batches 20 \
+  --batch_size 12 --out_dir out/results/perlayer6
+cp out/results/perlayer6/per_layer.png docs/per_layer6.png
+cp out/results/perlayer6/linearize.png docs/linearize6_fixed.png
 ;;
 sub12)
 # The paper's depth with subword tokens: 12 x 4 x 128, our byte-level BPE of 2,048 tokens trained on the train split
@@ -120,6 +126,12 @@ cp out/results/cascade12/cascade.png docs/cascade12.png
 python linearize.py --ckpt $(ckpts $S12) --order first cascade --num_batches 10 --batch_size 8 \
   --out_dir out/results/linearize12
 cp out/results/linearize12/linearize.png docs/linearize12.png
+# healing at 12 layers: every layer switched (k = 12), then 100 AdamW steps (lr 1e-4); and the per-layer table
+python linearize.py --ckpt $(ckpts sub12_sd sub12_sd_emb1 sub12_std) --order first --k 12 --finetune_iters 100 \
+  --num_batches 10 --batch_size 8 --out_dir out/results/heal12
+python linearize.py --ckpt $(ckpts $S12) --per_layer --order cascade --num_batches 5 --batch_size 8 \
+  --out_dir out/results/perlayer12
+cp out/results/perlayer12/per_layer.png docs/per_layer12.png
 ;;
 charmore)
 # The LayerNorm finding with 4x the text: character level on all of Shakespeare at the quickstart shape, 4x its
