@@ -1,6 +1,5 @@
-"""ELU+1 linear attention (Katharopoulos et al. 2020) as model.py's ELU mixer runs it, on q, k, v (B, H, T,
-d): chunkwise for a sequence, one token at a time for decoding, and beside a softmax window of the last w
-tokens; in fp32 (in float64 when given it: the tests' naive references)."""
+"""ELU+1 linear attention (Katharopoulos et al. 2020) on q, k, v (B, H, T, d), in fp32: chunkwise, one token
+at a time (decoding), and beside a softmax window of the last w tokens."""
 import math
 
 import torch
