@@ -221,8 +221,8 @@ def tokenize(lines, tok, num_seqs, seq_len, vocab):
     return list(islice(seqs, num_seqs)) or None
 
 
-def make_figures(rows, summary):
-    """{filename: matplotlib Figure}: cascade.png, rho.png, heatmap_<model>.png; a panel per level."""
+def make_figures(summary):
+    """{filename: matplotlib Figure}: cascade.png, rho.png; a panel per level."""
     from matplotlib.figure import Figure
     models, arms = summary['models'], summary['arms']
     levels = [lv for lv in LEVELS if any(lv in m for m in models.values())]
@@ -248,17 +248,6 @@ def make_figures(rows, summary):
             ax.yaxis.set_major_formatter('{x:g}')
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    for name, m in models.items():
-        L, H, lvs = m['n_layer'], m['n_head'], [lv for lv in levels if lv in m]
-        fig = figs[f"heatmap_{name}.png"] = Figure(figsize=(max(4.5, 0.3 * H + 2.5) * len(lvs),
-                                                            max(3.5, 0.25 * L + 1.5)), layout='constrained')
-        fig.suptitle(f"{name}: routing erank per head")
-        for ax, lv in zip(fig.subplots(1, len(lvs), squeeze=False)[0], lvs):
-            grid = torch.tensor([r['routing_erank'] for r in rows if r['model'] == name and r['level'] == lv])
-            image = ax.imshow(grid.view(L, H).numpy(), aspect='auto', interpolation='nearest')   # layer-major
-            fig.colorbar(image, ax=ax, label='routing erank')
-            ax.set(xlabel='head', ylabel='layer', title=LEVELS[lv])
-            ax.locator_params(integer=True)
     return figs
 
 
@@ -399,7 +388,7 @@ def main(argv=None):
                    models=models, arms=arms)
     # every file at once: heads.csv, summary.json, the figures, the suggested config
     outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
-    outputs |= {f: data.png(fig) for f, fig in make_figures(rows, summary).items()}
+    outputs |= {f: data.png(fig) for f, fig in make_figures(summary).items()}
     suggested = {args.suggest: suggest_config(name, models[name], args.allocate)} if args.suggest else {}
     data.write_files({os.path.join(args.out_dir, f): out for f, out in outputs.items()} | suggested)
     report(models, arms)

@@ -129,7 +129,7 @@ def label(name):
     """An arm's (or run's) name in words for figures: 'd6_sd_emb1_s2' -> 'S−D, no LN, GPT-2 init';
     a learning rate in the name is kept: 'stab_std_lr8e-3' -> 'standard + LN, lr 8e-3'."""
     arm, lr = re.fullmatch(r'(.*?)(?:_lr([\d.e-]+))?', arm_of(name)).groups()
-    arm = re.sub(r'^(ln|d6|sub12|char|stab)_', '', arm)
+    arm = re.sub(r'^(ln|d6|sub12|all|stab)_', '', arm)
     return LABELS.get(arm, arm) + (f', lr {lr}' if lr else '')
 
 

@@ -342,11 +342,6 @@ class GPT(nn.Module):
             a, w = self.attention_layers()[i], window.get(i, 0) if isinstance(window, dict) else window
             a.set_mixer('elu', window=w, learned=True) if i in layers else a.set_mixer(ATTN_TYPES[a.kind])
 
-    def crop_block_size(self, block_size):
-        assert block_size <= self.config.block_size
-        self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
-
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
         """(model, checkpoint dict) from a train.py ckpt.pt or its out_dir, read with torch's safe loader
@@ -368,31 +363,6 @@ class GPT(nn.Module):
             raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({reason}); "
                              f"point to an out_dir/ckpt.pt") from None
         return model.to(device), ckpt
-
-    @classmethod
-    def from_pretrained(cls, hf, dropout=0.0):
-        """A standard-attention GPT with GPT-2's weights: hf a transformers GPT2LMHeadModel or its name
-        ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or local folder."""
-        if isinstance(hf, str):
-            os.environ.setdefault('HF_HUB_VERBOSITY', 'error')   # no retry chatter offline
-            from transformers import GPT2LMHeadModel
-            try:
-                hf = GPT2LMHeadModel.from_pretrained(hf)
-            except Exception as e:
-                raise SystemExit(f"error: no GPT-2 {hf!r} ({type(e).__name__}): go online or give its "
-                                 f"folder") from None
-        c = hf.config
-        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
-                              n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True))
-        sd, sd_hf = model.state_dict(), hf.state_dict()
-        keys = [k for k in sd if k in sd_hf]
-        if set(sd) - set(keys) - {'lm_head.weight'}:
-            raise ValueError(f"not a GPT-2 checkpoint: missing {sorted(set(sd) - set(keys))[:3]}")
-        # GPT-2's Conv1D is (in, out), Linear (out, in)
-        transposed = ('c_attn.weight', 'c_proj.weight', 'c_fc.weight')
-        for k in keys:   # state_dict() tensors are detached views of the parameters
-            sd[k].copy_(sd_hf[k].t() if k.endswith(transposed) else sd_hf[k])
-        return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices (and the S−D generators), not on biases, norms, the filter."""

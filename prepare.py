@@ -1,5 +1,5 @@
 """Token files DATA_ROOT/NAME/{train,val}.bin (uint16) and meta.json, all or nothing; see the README.
-    python prepare.py shakespeare_char    # or shakespeare | wikitext2 | wikitext103 | openwebtext (downloads)
+    python prepare.py shakespeare_char    # or shakespeare | openwebtext (downloads)
     python prepare.py --input a.txt b.txt --name mydata [--char | --bpe 2048] [--val_fraction 0.1]
 """
 import argparse
@@ -15,8 +15,8 @@ import numpy as np
 from data import load_encoding
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-WIKITEXT = {"wikitext2": "wikitext-2-raw-v1", "wikitext103": "wikitext-103-raw-v1"}
-DATASETS = ["shakespeare_char", "shakespeare", "wikitext2", "wikitext103", "openwebtext"]
+OPENWEBTEXT = "Skylion007/openwebtext"
+DATASETS = ["shakespeare_char", "shakespeare", "openwebtext"]
 NPROC = os.cpu_count() or 1
 
 
@@ -94,22 +94,19 @@ def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
     return meta | {"train_tokens": n - n_val, "val_tokens": n_val, "max_token_id": max_id}
 
 
-def prepare_hf(name, tmp, enc):
-    """Download a Hugging Face dataset; tokenize its train and validation splits into tmp/."""
+def prepare_openwebtext(tmp, enc):
+    """Download OpenWebText, split off nanoGPT's val split, tokenize each document (then <|endoftext|>)."""
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no retry chatter offline
     from datasets import load_dataset
-    dataset_id = "Skylion007/openwebtext" if name == "openwebtext" else "Salesforce/wikitext"
     try:
-        ds = load_dataset(dataset_id, WIKITEXT.get(name), num_proc=NPROC if name == "openwebtext" else None)
+        ds = load_dataset(OPENWEBTEXT, num_proc=NPROC)
     except Exception as e:
-        raise SystemExit(f"error: could not download {dataset_id} ({type(e).__name__}: {e}); this needs "
+        raise SystemExit(f"error: could not download {OPENWEBTEXT} ({type(e).__name__}: {e}); this needs "
                          "network access, or tokenize a local copy with --input FILE --name NAME"
                          .replace("\n", " ")) from None
-    if name == "openwebtext":  # nanoGPT's val split
-        ds = ds["train"].train_test_split(0.0005, seed=2357, shuffle=True)
-        ds["validation"] = ds.pop("test")
-    meta, eot = {"source": dataset_id, "max_token_id": 0}, [enc.eot_token] if name == "openwebtext" else []
-    for split, dset in (("train", ds["train"]), ("val", ds["validation"])):
+    ds = ds["train"].train_test_split(0.0005, seed=2357, shuffle=True)
+    meta, eot = {"source": OPENWEBTEXT, "max_token_id": 0}, [enc.eot_token]
+    for split, dset in (("train", ds["train"]), ("val", ds["test"])):
         tok = dset.map(lambda b: {"ids": [x + eot
                                           for x in enc.encode_ordinary_batch(b["text"], num_threads=1)]},
                        batched=True, remove_columns=dset.column_names, num_proc=NPROC,
@@ -190,7 +187,7 @@ def main(argv=None):
             meta["source"] = SHAKESPEARE_URL if args.dataset else [os.path.abspath(p) for p in args.input]
             meta |= prepare_text(args.input, tmp, args.val_fraction, enc, args.bpe)
         else:
-            meta |= prepare_hf(args.dataset, tmp, enc)
+            meta |= prepare_openwebtext(tmp, enc)
         split = [np.memmap(os.path.join(tmp, f"{s}.bin"), np.uint16, mode="r") for s in ("train", "val")]
         meta |= references(*split, meta["vocab_size"])
         with open(os.path.join(tmp, "meta.json"), "w") as f:

@@ -1,5 +1,5 @@
-"""Sample from a trained checkpoint (its vocabulary travels in it) or a pretrained GPT-2:
-    python sample.py --out_dir=out/quick_sd --start="ROMEO:" [--num_samples=3 --init_from=gpt2]"""
+"""Sample from a trained checkpoint (its vocabulary travels in it):
+    python sample.py --out_dir=out/quick_sd --start="ROMEO:" [--num_samples=3]"""
 import os
 
 import torch
@@ -8,8 +8,7 @@ from configurator import configure
 from data import codec, tokenizer_of
 from model import GPT
 
-init_from = 'resume'      # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-medium', ...)
-out_dir = 'out'
+out_dir = 'out'           # out_dir/ckpt.pt
 start = '\n'              # prompt text, or "FILE:path" to read it from a file
 num_samples = 3
 max_new_tokens = 200
@@ -21,8 +20,7 @@ globals().update(configure({k: v for k, v in globals().items()
                             if k[0] != '_' and isinstance(v, (int, float, str))}))
 
 torch.manual_seed(seed)
-model, ckpt = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device) if init_from == 'resume' else \
-    (GPT.from_pretrained(init_from).to(device), {})
+model, ckpt = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
 model.eval()
 encode, decode = codec(tokenizer_of(ckpt))
 if start.startswith('FILE:'):

@@ -27,7 +27,7 @@ eval_interval = 1000                # iterations between evaluations (each saves
 log_interval = 10                   # iterations between log lines (each checks the losses for a spike)
 eval_iters = 200                    # batches per evaluation
 eval_only = False                   # evaluate once; train and save nothing
-init_from = 'scratch'               # 'scratch' | 'resume' | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
+init_from = 'scratch'               # 'scratch' | 'resume' (out_dir/ckpt.pt)
 # data
 dataset = 'openwebtext'             # data_root/dataset/{train,val}.bin and meta.json, from prepare.py
 data_root = 'data'                  # where prepare.py wrote the datasets
@@ -156,7 +156,7 @@ if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(ckpt_path, device)
     if not {'optimizer', 'iter_num', 'best_val_loss'} <= set(checkpoint):
         fail(f"{ckpt_path} has no optimizer state (not written by train.py): train with --init_from=scratch")
-    saved = checkpoint.get('config', {})   # compare what the user sets (also right for runs from GPT-2)
+    saved = checkpoint.get('config', {})   # compare what the user sets
     differ = [k for k in model_keys if saved.get(k, model_defaults[k]) != config[k]]
     if differ:
         fail("the config's model settings differ from the checkpoint's: " +
@@ -166,15 +166,10 @@ if init_from == 'resume':
     model_args = checkpoint['model_args']
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     skips, loss_ema = checkpoint.get('skips', []), checkpoint.get('loss_ema')
-elif init_from.startswith('gpt2'):
-    model = GPT.from_pretrained(init_from, dropout=config['dropout'])
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)
-    model_args = {k: getattr(model.config, k) for k in model_args}
 elif init_from == 'scratch':
     model = GPT(GPTConfig(**model_args))
 else:
-    fail(f"init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name ('gpt2', 'gpt2-medium', ...)")
+    fail(f"init_from={init_from!r}: use 'scratch' or 'resume'")
 model.to(device)
 n_attn, n_params = model.num_attention_params(), model.num_params()
 if master:

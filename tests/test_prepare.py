@@ -208,7 +208,7 @@ def test_error_not_utf8(errors):
 def test_error_unknown_dataset(errors):
     r, tmp_path = errors["unknown"]
     assert_one_line_error(r)
-    assert "nosuchset" in r.stderr and "wikitext103" in r.stderr and "openwebtext" in r.stderr
+    assert "nosuchset" in r.stderr and "shakespeare_char" in r.stderr and "openwebtext" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -226,14 +226,15 @@ def test_hf_path_with_fake_dataset(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     enc = get_encoding()
     rows = shared_text("tinyshakespeare.txt", 20_000).split("\n")
-    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows[:-40]}),
-                                 "validation": datasets.Dataset.from_dict({"text": rows[-40:]})})
+    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows})})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)
     monkeypatch.setattr(prepare, "NPROC", 1)
-    meta = prepare.main(["wikitext2", "--data_root", str(tmp_path)])
-    d = tmp_path / "wikitext2"
+    meta = prepare.main(["openwebtext", "--data_root", str(tmp_path)])
+    d = tmp_path / "openwebtext"
     train, val = read_bin(d / "train.bin").tolist(), read_bin(d / "val.bin").tolist()
-    assert train == [t for r in rows[:-40] for t in enc.encode_ordinary(r)]
-    assert val == [t for r in rows[-40:] for t in enc.encode_ordinary(r)]
+    split = fake["train"].train_test_split(0.0005, seed=2357, shuffle=True)   # nanoGPT's val split
+    assert len(split["test"]) >= 1 and len(split["train"]) + len(split["test"]) == len(rows)
+    assert train == [t for r in split["train"]["text"] for t in enc.encode_ordinary(r) + [enc.eot_token]]
+    assert val == [t for r in split["test"]["text"] for t in enc.encode_ordinary(r) + [enc.eot_token]]
     assert meta["train_tokens"] == len(train) and meta["val_tokens"] == len(val)
-    assert meta["source"] == "Salesforce/wikitext" and meta["max_token_id"] == max(train + val)
+    assert meta["source"] == "Skylion007/openwebtext" and meta["max_token_id"] == max(train + val)

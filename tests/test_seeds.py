@@ -45,6 +45,13 @@ def test_arm_of():
         and data.arm_of('a') == 'a'
 
 
+def test_labels_in_words():
+    assert data.label('d6_sd_emb1_s2') == data.label('sub12_sd_emb1') == 'S−D, no LN, GPT-2 init'
+    assert data.label('all_std_s3') == 'standard + LN'
+    assert data.label('stab_std_lr8e-3') == 'standard + LN, lr 8e-3'
+    assert data.label('mine_s1') == 'mine'   # unknown arms keep their name
+
+
 def test_mean_std_nan_in_nan_out():
     assert data.mean_std([1.0, 3.0]) == (2.0, statistics.stdev([1.0, 3.0])) \
         and math.isnan(data.mean_std([2.0])[1])
