@@ -127,8 +127,7 @@ def sd_metrics(S, D):
 
 
 def gpt_layers(model):
-    """Per layer of one of our GPTs: dict(kind, W_q, W_k[, S, D]) in float64 (S−D: W_q = L^T W computed in
-    float64, so that the symmetric part is exactly −W^T D W)."""
+    """Per layer of one of our GPTs: dict(kind, W_q, W_k[, S, D]), float64 (S−D: sym exactly −W^T D W)."""
     return [dict(kind=a.kind, **{k: v.detach() for k, v in a.head_weights(torch.float64).items()})
             for a in model.attention_layers()]
 
@@ -197,17 +196,6 @@ def data_rows(name, kinds, module, seqs, bar):
     return [dict(model=name, level='data', layer=layer, head=h, kind=kinds[layer], head_dim=q.shape[-1], n=T,
                  **{key: v[h].item() / len(seqs) for key, v in m.items()})
             for layer, (m, (q, *_)) in enumerate(zip(sums, qk)) for h in range(q.shape[1])]
-
-
-def load_model(source, hf, device):
-    """(module, info) of a train.py checkpoint or out_dir, or with hf, of a transformers model of FAMILIES
-    (hub name or directory; float32, eager); info['tok']: its tokenizer, data.tokenizer_of's or ('hf', dir)"""
-    if hf:
-        return load_hf(source, device)
-    model, ckpt = GPT.from_checkpoint(source, device)
-    c = model.config
-    return model.eval(), dict(norm=c.norm, max_len=c.block_size, vocab=c.vocab_size,
-                              tok=data.tokenizer_of(ckpt))
 
 
 def tokenize(lines, tok, num_seqs, seq_len, vocab):
@@ -314,9 +302,13 @@ def parse_args(argv):
 
 
 def analyse(name, source, hf, args):
-    """One model: (the rows of its heads, its summary: shape and per level, metric and layer the mean and std
-    over heads)."""
-    module, info = load_model(source, hf, args.device)
+    """One model: (its heads' rows, its summary: shape; per level, metric and layer mean, std over heads)"""
+    if hf:
+        module, info = load_hf(source, args.device)
+    else:
+        module, ckpt = GPT.from_checkpoint(source, args.device)
+        c = module.eval().config
+        info = dict(norm=c.norm, max_len=c.block_size, vocab=c.vocab_size, tok=data.tokenizer_of(ckpt))
     seqs = tokenize(args.lines, info['tok'], args.num_seqs, args.seq_len, info['vocab']) if args.lines else \
         args.texts.get(info['tok'])
     if (args.lines or args.texts) and not seqs:
@@ -386,7 +378,6 @@ def main(argv=None):
     arms = by_arm(models)
     summary = dict(total_heads=sum(m['heads'] for m in models.values()), metrics=METRICS, rel_tol=REL_TOL,
                    models=models, arms=arms)
-    # every file at once: heads.csv, summary.json, the figures, the suggested config
     outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
     outputs |= {f: data.png(fig) for f, fig in make_figures(summary).items()}
     suggested = {args.suggest: suggest_config(name, models[name], args.allocate)} if args.suggest else {}

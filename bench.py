@@ -122,8 +122,7 @@ def cache_bytes(model, prompt, env):
 
 
 def decoding(s, env, setups):
-    """ms/token after prompts of each length, and the caches' bytes, per setup (short name, name, GPTConfig
-    keys); positions for the longest prompt and the new tokens."""
+    """ms/token after prompts of each length and the caches' bytes, per setup (short name, name, GPTConfig)"""
     c, models = dict(s['decode'], block_size=max(s['contexts']) + s['new_tokens']), {}
     for _, name, kw in setups:
         torch.manual_seed(0)
@@ -181,8 +180,16 @@ def analysis(a):
 
 
 def analysis_llama(a):
-    """The same of a random Llama (a['llama']): weight and rotary levels of every head, as analyze.py --hf."""
-    model, clock, shape = llama(a['llama']), time.process_time, a['llama']
+    """The same of a random Llama (a['llama'], on the meta device: only q/k projections (std 0.02) and rotary
+    made real): weight and rotary levels of every head, as analyze.py --hf."""
+    from transformers import LlamaConfig, LlamaModel
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    c, clock, g = LlamaConfig(**a['llama']), time.process_time, torch.Generator().manual_seed(0)
+    with torch.device('meta'):
+        model = LlamaModel(c)
+    for p in (p for layer in model.layers for p in (layer.self_attn.q_proj, layer.self_attn.k_proj)):
+        p.weight = torch.nn.Parameter(0.02 * torch.randn(p.weight.shape, generator=g), requires_grad=False)
+    model.rotary_emb = LlamaRotaryEmbedding(c)
     times = [timed(lambda: list(map_layers(layer_metrics, hf_layers(model))), clock)
              for _ in range(a['repeats'])]
     w, m1b = hf_layers(model)[0], times[-1][1]   # naive: a head of layer 0, offset 0 and the last offset
@@ -194,26 +201,13 @@ def analysis_llama(a):
                offsets=len(w['rot']), fast_s=statistics.median(t for t, _ in times),
                naive_weight_s=dt * heads, max_rel_diff=err)
     print(f"\nanalysis of a random Llama-3.2-1B shape ({out['params'] / 1e6:,.1f}M parameters, "
-          f"{shape['num_attention_heads']} query and {shape['num_key_value_heads']} key heads): weight and "
+          f"{c.num_attention_heads} query and {c.num_key_value_heads} key heads): weight and "
           f"rotary levels at {len(w['rot'])} offsets, hf_layers included; naive: a head timed, extrapolated")
     table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s (weight level)'],
           [['llama-1b', heads, Wq.shape[-1], out['fast_s'], dt * heads]])
     print(f"max relative difference analyze.py vs naive (a head: its kernel and offset "
           f"{OFFSETS[len(w['rot']) - 1]}): {err:.1e}")
     return out
-
-
-def llama(shape):   # a random Llama on the meta device: only q/k projections (std 0.02) and rotary made real
-    from transformers import LlamaConfig, LlamaModel
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-    c = LlamaConfig(**shape)
-    with torch.device('meta'):
-        model = LlamaModel(c)
-    g = torch.Generator().manual_seed(0)
-    for p in (p for layer in model.layers for p in (layer.self_attn.q_proj, layer.self_attn.k_proj)):
-        p.weight = torch.nn.Parameter(0.02 * torch.randn(p.weight.shape, generator=g), requires_grad=False)
-    model.rotary_emb = LlamaRotaryEmbedding(c)
-    return model
 
 
 def main(argv=None):

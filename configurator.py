@@ -5,8 +5,7 @@ import sys
 
 
 def configure(defaults, argv=None):
-    """Apply the config files and --key=value overrides of `argv` (default: sys.argv[1:]) to the dict
-    `defaults`; returns the dict of what was set."""
+    """Apply config files and --key=value of argv (default: sys.argv[1:]) to defaults; return what is set."""
     overrides = {}
     for arg in sys.argv[1:] if argv is None else argv:
         if arg.startswith('--'):
@@ -36,9 +35,8 @@ def configure(defaults, argv=None):
             default = defaults[key]
             if isinstance(default, float) and type(value) is int:
                 value = float(value)
-            elif type(value) is not type(default) and None not in (default, value) \
-                    and not isinstance(default, list) \
-                    and not isinstance(value, (list, tuple)):   # lists: GPTConfig
+            elif (type(value) is not type(default) and None not in (default, value)   # lists: per layer
+                  and not isinstance(default, list) and not isinstance(value, (list, tuple))):
                 raise SystemExit(f"error: {key} expects {type(default).__name__} (like {default!r}), "
                                  f"got {type(value).__name__} {value!r} from {arg}")
             defaults[key] = overrides[key] = value

@@ -8,15 +8,13 @@ import sys
 import torch
 
 OFFSETS = (1, 4, 16, 64, 256, 1024, 4096)   # the rotary level's Δ (those within the model's context)
-# the transformers families --hf reads: q/k projections (separate or fused), RoPE on a head's first dims
 FAMILIES = ('gpt2', 'bert', 'roberta', 'gpt_neox', 'llama', 'mistral', 'mixtral', 'qwen2', 'qwen2_moe',
             'qwen3', 'qwen3_moe', 'gemma', 'gemma2', 'phi', 'phi3', 'olmo2', 'granite', 'starcoder2',
             'stablelm')
 
 
 def load_hf(source, device):
-    """(module, info) of a transformers model of FAMILIES (hub name or directory; float32, eager), info as
-    analyze.load_model's; info['tok']: ('gpt2', None) or ('hf', source)."""
+    """(module, info: norm, max_len, vocab, tok) of a transformers model of FAMILIES (float32, eager)."""
     os.environ.setdefault('HF_HUB_VERBOSITY', 'error')   # no retry chatter offline
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -36,8 +34,7 @@ def load_hf(source, device):
 
 
 def hf_encoder(path, vocab, seq_len):
-    """The model's own tokenizer (special tokens, BOS or [CLS] ... [SEP], included) as a function text -> at
-    most seq_len ids, or None if there is none that reads text."""
+    """The model's own tokenizer (with special tokens): text -> up to seq_len ids; None if none reads text"""
     from transformers import AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(path)

@@ -41,41 +41,34 @@ def write_tokens(path, arrays):
     return n, max_id
 
 
-def prepare_bpe(texts, tmp, val_fraction, vocab_size):
-    """Our byte-level BPE (GPT-2's pre-tokenizer, no special tokens: any UTF-8 text round-trips), trained by
-    the `tokenizers` library on the text before its last val_fraction (from a line start), which is val."""
+def train_bpe(text, vocab_size):
+    """Our byte-level BPE (GPT-2's pre-tokenizer, no special tokens: any UTF-8 text round-trips) of text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    text = "\n".join(texts)
-    cut = text.find("\n", int(len(text) * (1 - val_fraction))) + 1 or len(text)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    lines = text[:cut].splitlines(keepends=True)   # pieces of 1,000 lines, counted in parallel
+    lines = text.splitlines(keepends=True)   # pieces of 1,000 lines, counted in parallel
     bpe.train_from_iterator(("".join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)), trainer)
     if bpe.get_vocab_size() < vocab_size:
         raise SystemExit(f"error: the train split supports only {bpe.get_vocab_size():,} BPE tokens, fewer "
                          f"than --bpe {vocab_size:,}: give more text or a smaller --bpe")
-    split = [np.array(bpe.encode(t).ids, np.uint16) for t in (text[:cut], text[cut:])]
-    if min(map(len, split)) < 1:
-        raise SystemExit(f"error: the input yields {len(split[0])} train and {len(split[1])} val tokens; "
-                         f"give more text or another --val_fraction")
-    for name, ids in zip(("train", "val"), split):
-        write_tokens(os.path.join(tmp, f"{name}.bin"), [ids])
-    return {"vocab_size": bpe.get_vocab_size(), "tokenizer": "bpe", "bpe": bpe.to_str(),
-            "train_tokens": len(split[0]), "val_tokens": len(split[1]),
-            "max_token_id": int(max(a.max() for a in split))}
+    return bpe
 
 
 def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
-    """Tokenize local UTF-8 files into tmp/{train,val}.bin: with enc (GPT-2's), with bpe (a vocabulary size)
-    our BPE, else one token per character, ids in sorted order."""
-    train, meta, texts = os.path.join(tmp, "train.bin"), {}, [read_text(p) for p in paths]
+    """Tokenize local UTF-8 files into tmp/{train,val}.bin: GPT-2's BPE (enc), our BPE (bpe: its vocabulary
+    size) or one token per character (ids in sorted order); val: the last val_fraction of the tokens (our BPE:
+    of the text, from a line start; the BPE is trained on the rest)."""
+    texts, meta = [read_text(p) for p in paths], {}
+    text = "\n".join(texts)
     if bpe:
-        return prepare_bpe(texts, tmp, val_fraction, bpe)
-    if enc is None:
-        codepoints, ids = np.unique(np.frombuffer("\n".join(texts).encode("utf-32-le"), np.uint32),
-                                    return_inverse=True)
+        cut = text.find("\n", int(len(text) * (1 - val_fraction))) + 1 or len(text)
+        tok = train_bpe(text[:cut], bpe)
+        split = [tok.encode(t).ids for t in (text[:cut], text[cut:])]
+        meta = {"vocab_size": tok.get_vocab_size(), "tokenizer": "bpe", "bpe": tok.to_str()}
+    elif enc is None:
+        codepoints, ids = np.unique(np.frombuffer(text.encode("utf-32-le"), np.uint32), return_inverse=True)
         if len(codepoints) > 65536:
             raise SystemExit(f"error: the text has {len(codepoints):,} distinct characters, more than uint16 "
                              f"ids hold")
@@ -84,14 +77,15 @@ def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
         parts = enc.encode_ordinary_batch(texts, num_threads=NPROC)
         ids = np.concatenate([np.array(([enc.eot_token] if k else []) + p, np.uint16)
                               for k, p in enumerate(parts)])
-    n, max_id = write_tokens(train, [ids])
-    n_val = int(n * val_fraction)
-    if n_val < 1 or n - n_val < 1:
-        raise SystemExit(f"error: the input yields only {n} tokens, too few for a train split and a val "
-                         f"split of {val_fraction:g}; give more text or a larger --val_fraction")
-    np.memmap(train, dtype=np.uint16, mode="r")[n - n_val:].tofile(os.path.join(tmp, "val.bin"))
-    os.truncate(train, (n - n_val) * 2)
-    return meta | {"train_tokens": n - n_val, "val_tokens": n_val, "max_token_id": max_id}
+    if not bpe:
+        n_val = int(len(ids) * val_fraction)
+        split = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+    if min(map(len, split)) < 1:
+        raise SystemExit(f"error: the input yields {len(split[0])} train and {len(split[1])} val tokens, too "
+                         f"few for both splits; give more text or another --val_fraction")
+    (n_train, max_train), (n_val, max_val) = (write_tokens(os.path.join(tmp, f"{name}.bin"), [ids])
+                                              for name, ids in zip(("train", "val"), split))
+    return meta | {"train_tokens": n_train, "val_tokens": n_val, "max_token_id": max(max_train, max_val)}
 
 
 def prepare_openwebtext(tmp, enc):

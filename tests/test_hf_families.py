@@ -349,7 +349,7 @@ def minilm_dir():
 
 def test_minilm_real_weights(minilm_dir, tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    model, info = analyze.load_model(minilm_dir, True, 'cpu')
+    model, info = analyze.load_hf(minilm_dir, 'cpu')
     layers = analyze.hf_layers(model)
     assert len(layers) == 6 and layers[0]['W_q'].shape == (12, 32, 384)
     for w in layers[:2]:
