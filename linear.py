@@ -5,6 +5,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+TINY = 1e-6   # the least ELU+1 normaliser: where every φ(q)·φ(k) underflows (|q|, |k| in the hundreds), y = 0
+
 
 def phi(x):   # the ELU+1 feature map, positive everywhere: the one every ELU+1 path uses
     return F.elu(x) + 1
@@ -36,7 +38,7 @@ def linear_parts(fq, fk, v, chunk, state=None):
 def elu_linear_attention(q, k, v, chunk=64, state=None):
     """Causal normalized ELU+1 attention on q, k, v (B, H, T, d), chunkwise, from `state`: (y, new state)."""
     num, den, state = linear_parts(phi(hi(q)), phi(hi(k)), hi(v), chunk, state)
-    return (num / den.unsqueeze(-1)).to(v.dtype), state
+    return (num / den.clamp_min(TINY).unsqueeze(-1)).to(v.dtype), state
 
 
 def elu_linear_step(q, k, v, state=None):
@@ -44,15 +46,20 @@ def elu_linear_step(q, k, v, state=None):
     dtype, q, k, v = v.dtype, phi(hi(q)), phi(hi(k)), hi(v)
     k = k.transpose(-1, -2)                                  # (B, H, d, 1): k^T v is an outer product
     kv, ksum = (k * v, k[..., 0]) if state is None else (torch.addcmul(state[0], k, v), state[1] + k[..., 0])
-    return ((q @ kv) / (q @ ksum.unsqueeze(-1))).to(dtype), (kv, ksum)
+    return ((q @ kv) / (q @ ksum.unsqueeze(-1)).clamp_min(TINY)).to(dtype), (kv, ksum)
 
 
 def window_mix(s, v, num_past, den_past):
-    """(Σ e^s v + num_past) / (Σ e^s + den_past) over window scores s (..., L), stabilised by m = max(max s,
-    log den_past), detached: m cancels in the ratio, so the gradients are exact."""
-    m = torch.maximum(s.amax(-1), den_past.log()).detach()
-    e, r = (s - m.unsqueeze(-1)).exp(), (-m).exp()
-    return (e @ v + num_past * r.unsqueeze(-1)) / (e.sum(-1) + den_past * r).unsqueeze(-1)
+    """(Σ e^s v + num_past) / (Σ e^s + den_past) over window scores s (..., L), as
+    (Σ e^{s−m} v + ȳ e^{log den_past − m}) / (Σ e^{s−m} + e^{log den_past − m}), ȳ = num_past / den_past,
+    m = max(max s, log den_past) detached (it cancels; gradients exact): nothing overflows, and no past
+    (den_past = 0) adds exactly 0."""
+    past = den_past > 0
+    den = torch.where(past, den_past, 1.0)
+    log_den = den.log().masked_fill(~past, float('-inf'))
+    m = torch.maximum(s.amax(-1), log_den).detach()
+    e, p = (s - m.unsqueeze(-1)).exp(), (log_den - m).exp()
+    return (e @ v + num_past / den.unsqueeze(-1) * p.unsqueeze(-1)) / (e.sum(-1) + p).unsqueeze(-1)
 
 
 def window_linear_attention(q, k, v, window, gain, chunk=64, fq=None, fk=None):

@@ -307,6 +307,26 @@ def test_window_gradients_equal_naive():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_scores_and_features_far_from_one_stay_finite():
+    """Layers trained without LayerNorm can have |q|, |k| in the hundreds, where e^{q·k/√d} and φ(q)·φ(k)
+    leave fp32's range: values and gradients stay finite, a token with no past is softmax over its window,
+    and one whose every φ(q)·φ(k) underflows reads 0."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 29, 8, requires_grad=True) for _ in range(3))
+    for w in (2, 5):
+        y = window_linear_attention(60 * q, 60 * k, v, w, torch.full((2,), 1 / 8), 8)[0]
+        y.sum().backward()
+        assert y.isfinite().all() and all(t.grad.isfinite().all() for t in (q, k, v))
+        s = (60 * q[:, :, :w]) @ (60 * k[:, :, :w]).transpose(-1, -2) / math.sqrt(8)
+        causal = torch.ones(w, w, dtype=torch.bool).tril()
+        first = torch.softmax(s.masked_fill(~causal, -math.inf), -1) @ v[:, :, :w]
+        torch.testing.assert_close(y[:, :, :w], first)
+        q.grad = k.grad = v.grad = None
+    q0, k0 = torch.full((1, 1, 1, 8), -200.0), torch.ones(1, 1, 1, 8)   # φ(q0) = 0 in fp32
+    v0 = torch.ones(1, 1, 1, 8)
+    assert elu_linear_attention(q0, k0, v0)[0].eq(0).all() and elu_linear_step(q0, k0, v0)[0].eq(0).all()
+
+
 def test_window_of_at_least_T_is_softmax_attention():
     torch.manual_seed(1)
     soft = GPT(tiny(attn='standard', block_size=40)).eval()
