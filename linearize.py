@@ -1,7 +1,7 @@
 """Post-hoc linearization: switch k softmax layers of trained models to ELU+1 on their own q, k (beside a
 softmax window, after attention transfer, after healing) and measure val PPL; see the README.
     python linearize.py --ckpt out/quick_sd out/quick_sd_std --order first last cascade [--finetune_iters 100]
-    python linearize.py --ckpt out/d6_s* --per_layer --transfer_iters 100 --order cascade
+    python linearize.py --ckpt out/d6_s* --per_layer --transfer_iters 50 --order cascade
 """
 import argparse
 import math
