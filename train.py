@@ -432,4 +432,5 @@ while True:
 
 bar.close()
 if ddp:
+    torch.distributed.barrier()   # every rank done with gloo's pending work before teardown
     destroy_process_group()
