@@ -137,14 +137,15 @@ cp out/results/perlayer12/per_layer.png docs/per_layer12.png
 ;;
 charmore)
 # The LayerNorm finding with 4x the text: character level on all of Shakespeare at the quickstart shape, 4x its
-# token budget (8,000 iterations). Standard + LN at its tiny-shakespeare lr (4e-3); S−D at 2e-3: at 4e-3 it drifts
+# token budget (8,000 iterations). Standard + LN at 4e-3 (its tiny-shakespeare lr) and 2e-3; S−D at 2e-3: at 4e-3 it drifts
 # up after ~1,100 iterations (val 2.15 at 1,000, 3.85 at 3,000; one seed, stopped), and it goes back on NaN/inf only
 [ -f data/shakespeare_all_char/meta.json ] || python prepare.py --input "$1" --name shakespeare_all_char --char
 ITERS=8000 train <<'ARMS'
 all_sd_lr2e-3 config/quick_sd.py --dataset=shakespeare_all_char --max_iters=8000 --eval_interval=1000 --spike_factor=0 --learning_rate=2e-3 --min_lr=2e-4
 all_std config/quick_sd.py config/std.py --dataset=shakespeare_all_char --max_iters=8000 --eval_interval=1000
+all_std_lr2e-3 config/quick_sd.py config/std.py --dataset=shakespeare_all_char --max_iters=8000 --eval_interval=1000 --learning_rate=2e-3 --min_lr=2e-4
 ARMS
-python runs.py $(arms all_sd_lr2e-3 all_std) --out_dir out/results/charmore
+python runs.py $(arms all_sd_lr2e-3 all_std all_std_lr2e-3) --out_dir out/results/charmore
 cp out/results/charmore/runs.png docs/charmore_curves.png
 ;;
 stability)
