@@ -10,8 +10,7 @@ from contextlib import nullcontext
 import torch
 
 import data
-from analyze import kernel_metrics, kernel_metrics_naive, layer_metrics, map_layers
-from hf import OFFSETS, hf_layers
+from analyze import kernel_metrics_naive, layer_metrics, map_layers
 from model import ATTN_TYPES, GPT, Cache, GPTConfig
 
 DECODE = (('softmax', 'softmax, k/v cache', dict(attn='standard')),   # short name, name, GPTConfig keys
@@ -19,13 +18,8 @@ DECODE = (('softmax', 'softmax, k/v cache', dict(attn='standard')),   # short na
           ('window', 'ELU+1 + 32-token softmax window', dict(attn='linear', linear_window=32)))
 PAPER = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),   # n_layer,
          'bert-base': (12, 12, 768), 'bert-large': (24, 16, 1024)}           # n_head, d_model; d_h = 64
-LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
-                rope_parameters=dict(rope_type='llama3', rope_theta=500000.0, factor=32.0,   # Llama-3.2-1B
-                                     low_freq_factor=1.0, high_freq_factor=4.0,
-                                     original_max_position_embeddings=8192))
 FULL = dict(contexts=(256, 1024, 4096, 8192), repeats=5, decode_repeats=3, new_tokens=256, batch=12,
-            analysis=dict(shapes=PAPER, d_head=64, naive_heads=2, repeats=3, llama=LLAMA_1B))   # naive: 1-7 s
+            analysis=dict(shapes=PAPER, d_head=64, naive_heads=2, repeats=3))   # naive: 1-7 s
 gpt = lambda L, H, n, vocab, **kw: dict(n_layer=L, n_head=H, n_embd=n, vocab_size=vocab, **kw)   # GPTConfig
 # SETUPS: GPTConfig of train/decode; steps per block, repeats (train, decode), new tokens, matmul peak size
 SETUPS = {
@@ -35,10 +29,8 @@ SETUPS = {
                  steps=20, peak_n=8192),
     'quick': dict(train=gpt(2, 2, 32, 65, block_size=16), decode=gpt(2, 2, 32, 65), batch=2,
                   contexts=(16, 64), steps=2, repeats=2, decode_repeats=1, new_tokens=8, peak_n=128,
-                  analysis=dict(
-                      shapes={'tiny1': (2, 3, 64), 'tiny2': (1, 2, 48)}, d_head=16, naive_heads=1, repeats=2,
-                      llama=dict(LLAMA_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256))),
+                  analysis=dict(shapes={'tiny1': (2, 3, 64), 'tiny2': (1, 2, 48)}, d_head=16, naive_heads=1,
+                                repeats=2)),
 }
 
 
@@ -179,37 +171,6 @@ def analysis(a):
     return out
 
 
-def analysis_llama(a):
-    """The same of a random Llama (a['llama'], on the meta device: only q/k projections (std 0.02) and rotary
-    made real): weight and rotary levels of every head, as analyze.py --hf."""
-    from transformers import LlamaConfig, LlamaModel
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-    c, clock, g = LlamaConfig(**a['llama']), time.process_time, torch.Generator().manual_seed(0)
-    with torch.device('meta'):
-        model = LlamaModel(c)
-    for p in (p for layer in model.layers for p in (layer.self_attn.q_proj, layer.self_attn.k_proj)):
-        p.weight = torch.nn.Parameter(0.02 * torch.randn(p.weight.shape, generator=g), requires_grad=False)
-    model.rotary_emb = LlamaRotaryEmbedding(c)
-    times = [timed(lambda: list(map_layers(layer_metrics, hf_layers(model))), clock)
-             for _ in range(a['repeats'])]
-    w, m1b = hf_layers(model)[0], times[-1][1]   # naive: a head of layer 0, offset 0 and the last offset
-    Wq, Wk, rot, heads = w['W_q'][:1], w['W_k'][:1], w['rot'][-1], len(m1b) * w['W_q'].shape[0]
-    dt, ref = timed(lambda: kernel_metrics_naive(Wq, Wk), clock)
-    err = max(rel(m1b[0]['weight'], ref),
-              rel(kernel_metrics(Wq, Wk, rot=rot), kernel_metrics_naive(Wq, Wk, rot=rot)))
-    out = dict(params=sum(p.numel() for p in model.parameters()), heads=heads, d_model=Wq.shape[-1],
-               offsets=len(w['rot']), fast_s=statistics.median(t for t, _ in times),
-               naive_weight_s=dt * heads, max_rel_diff=err)
-    print(f"\nanalysis of a random Llama-3.2-1B shape ({out['params'] / 1e6:,.1f}M parameters, "
-          f"{c.num_attention_heads} query and {c.num_key_value_heads} key heads): weight and "
-          f"rotary levels at {len(w['rot'])} offsets, hf_layers included; naive: a head timed, extrapolated")
-    table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s (weight level)'],
-          [['llama-1b', heads, Wq.shape[-1], out['fast_s'], dt * heads]])
-    print(f"max relative difference analyze.py vs naive (a head: its kernel and offset "
-          f"{OFFSETS[len(w['rot']) - 1]}): {err:.1e}")
-    return out
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--quick', action='store_true', help="tiny shapes, seconds (CI smoke run)")
@@ -237,7 +198,7 @@ def main(argv=None):
     out['train'] = training(s, env, peak, env.attn or tuple(ATTN_TYPES))
     out['decode'] = decoding(s, env, DECODE if env.attn is None else [(a, a, dict(attn=a)) for a in env.attn])
     if env.attn is None:
-        out['analysis'] = analysis(s['analysis']) | {'llama': analysis_llama(s['analysis'])}
+        out['analysis'] = analysis(s['analysis'])
     if env.json:
         data.write_files({env.json: json.dumps(out, indent=1)})
 

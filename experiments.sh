@@ -125,12 +125,25 @@ python runs.py $(arms $S12 sub12_hybrid_sd sub12_hybrid_std) --out_dir out/resul
 cp out/results/sub12/runs.png docs/sub12_curves.png
 python analyze.py --ckpt $(arms $S12) --dataset swiki_bpe2k --num_seqs 32 --seq_len 128 --out_dir out/results/cascade12
 cp out/results/cascade12/cascade.png docs/cascade12.png
-python linearize.py --ckpt $(ckpts $S12) --order first cascade --num_batches 10 --batch_size 8 \
-  --out_dir out/results/linearize12
-cp out/results/linearize12/linearize.png docs/linearize12.png
-# healing at 12 layers: every layer switched (k = 12), then 100 AdamW steps (lr 1e-4); and the per-layer table
-python linearize.py --ckpt $(ckpts sub12_sd sub12_sd_emb1 sub12_std) --order first --k 12 --finetune_iters 100 \
-  --num_batches 10 --batch_size 8 --out_dir out/results/heal12
+# the sweeps, first and cascade order, k = 0 ... 12, as switched and healed (50 AdamW steps, lr 1e-4: ours, to fit a
+# session; 25 min an arm on one thread), an arm per process, two at a time; then one table and figure of all arms
+HEAL="--order first cascade --finetune_iters 50 --num_batches 10 --batch_size 8"
+mkdir -p out/results/heal12
+printf '%s\n' $S12 | xargs -P 2 -I{} sh -c "OMP_NUM_THREADS=1 python linearize.py --ckpt out/exp/{}_s1337 \
+  out/exp/{}_s2 out/exp/{}_s3 $HEAL --out_dir out/results/heal12/{} > out/results/heal12/{}.txt"
+python - $S12 <<EOF
+import csv, sys
+import data, linearize
+args, rows = linearize.parse_args('--ckpt - --dataset swiki_bpe2k $HEAL'.split()), []
+for arm in sys.argv[1:]:
+    with open(f'out/results/heal12/{arm}/linearize.csv') as f:
+        rows += [r | {'name': data.run_name(r['ckpt']), 'k': int(r['k'])} | {c: float(r[c]) for c in r
+                 if 'loss' in c or 'ppl' in c or 'delta' in c} for r in csv.DictReader(f)]
+arms = linearize.by_arm(rows)
+data.write_files({'out/results/heal12/linearize_arms.csv': data.csv_text(arms, list(arms[0])),
+                  'docs/linearize12.png': data.png(linearize.plot(arms, args, 128, ['', 'ft_']), dpi=120)})
+EOF
+# each layer alone at each window
 python linearize.py --ckpt $(ckpts $S12) --per_layer --order cascade --num_batches 5 --batch_size 8 \
   --out_dir out/results/perlayer12
 cp out/results/perlayer12/per_layer.png docs/per_layer12.png

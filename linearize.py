@@ -249,21 +249,22 @@ def finish(ax, deltas, **labels):
 
 
 def plot(arms, args, block_size, prefixes):
-    fig, (ax,) = figure(1, 10)
-    deltas = []
-    for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
-        for order, ls in zip(ORDERS, ('-', '--', ':')):
+    """ΔPPL against k, a panel per order: an arm per color, a stage per line style."""
+    orders = [o for o in ORDERS if any(a['order'] == o for a in arms)]
+    fig, axes = figure(len(orders), 6 * len(orders) + 3)
+    deltas = [a[p + 'delta_pct'] for a in arms for p in prefixes]
+    for ax, order in zip(axes, orders):
+        for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
             rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
-            for p in prefixes if rs else ():
-                name = f"{label(arm)} ({order}{legend(p, args)})"
-                deltas += draw(ax, [a['k'] for a in rs], rs, p, f'C{c}', name, ls)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    window = ' beside the cheapest window per layer' if args.per_layer else \
-        f' beside a {args.window}-token window' * bool(args.window)
-    finish(ax, deltas, xlabel=f"softmax attention layers switched to ELU+1{window} (k)",
-           title=f"Post-hoc linearization: {args.dataset} val, "
+            for p, ls in zip(prefixes, ('-', '--', ':')):
+                draw(ax, [a['k'] for a in rs], rs, p, f'C{c}', label(arm) + legend(p, args), ls)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        window = ' beside its cheapest window' if args.per_layer else \
+            f' beside a {args.window}-token window' * bool(args.window)
+        finish(ax, deltas, xlabel=f"k softmax layers switched to ELU+1{window}", title=f"order: {order}")
+    fig.suptitle(f"Post-hoc linearization: {args.dataset} val, "
                  f"{args.num_batches}x{args.batch_size}x{block_size} tokens")
-    fig.legend(loc='outside right upper', fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc='outside right upper', fontsize=8)
     return fig
 
 
