@@ -6,7 +6,8 @@
 #   bash experiments.sh stability [tinyshakespeare.txt]     divergence rates without LayerNorm, 8 seeds, 2 lrs
 # Trains each run that has not finished yet (two at a time, one thread each), then writes the tables to
 # out/results/ and the figures to docs/. Runs are out/exp/ARM_s<seed>. Run times (busy 2-core machine): ln4 + d6
-# about 2 3/4 hours (44 runs of 4-7 min); sub12 12-20 min a run two at a time (15 runs), then ~20 min of analysis.
+# about 2 3/4 hours (44 runs of 4-7 min); sub12 (AMD EPYC) 7-8 min a run two at a time (21 runs), the healing
+# sweeps 18-26 min an arm on one thread (about 1 h two at a time), ~15 min of analysis.
 set -euo pipefail
 cd "$(dirname "$0")"
 part=${1:?give a part: ln4, d6, sub12, charmore or stability}
@@ -126,7 +127,7 @@ cp out/results/sub12/runs.png docs/sub12_curves.png
 python analyze.py --ckpt $(arms $S12) --dataset swiki_bpe2k --num_seqs 32 --seq_len 128 --out_dir out/results/cascade12
 cp out/results/cascade12/cascade.png docs/cascade12.png
 # the sweeps, first and cascade order, k = 0 ... 12, as switched and healed (50 AdamW steps, lr 1e-4: ours, to fit a
-# session; 25 min an arm on one thread), an arm per process, two at a time; then one table and figure of all arms
+# session; 18-26 min an arm on one thread), an arm per process, two at a time; then one table and figure of all arms
 HEAL="--order first cascade --finetune_iters 50 --num_batches 10 --batch_size 8"
 mkdir -p out/results/heal12
 printf '%s\n' $S12 | xargs -P 2 -I{} sh -c "OMP_NUM_THREADS=1 python linearize.py --ckpt out/exp/{}_s1337 \

@@ -253,14 +253,14 @@ def plot(arms, args, block_size, prefixes):
     orders = [o for o in ORDERS if any(a['order'] == o for a in arms)]
     fig, axes = figure(len(orders), 6 * len(orders) + 3)
     deltas = [a[p + 'delta_pct'] for a in arms for p in prefixes]
+    window = ' beside its cheapest window' if args.per_layer else \
+        f' beside a {args.window}-token window' * bool(args.window)
     for ax, order in zip(axes, orders):
         for c, arm in enumerate(dict.fromkeys(a['arm'] for a in arms)):
             rs = [a for a in arms if a['arm'] == arm and a['order'] == order]
-            for p, ls in zip(prefixes, ('-', '--', ':')):
+            for p, ls in zip(prefixes, ('-', '--', ':')) if rs else ():
                 draw(ax, [a['k'] for a in rs], rs, p, f'C{c}', label(arm) + legend(p, args), ls)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        window = ' beside its cheapest window' if args.per_layer else \
-            f' beside a {args.window}-token window' * bool(args.window)
         finish(ax, deltas, xlabel=f"k softmax layers switched to ELU+1{window}", title=f"order: {order}")
     fig.suptitle(f"Post-hoc linearization: {args.dataset} val, "
                  f"{args.num_batches}x{args.batch_size}x{block_size} tokens")
