@@ -340,6 +340,19 @@ def test_cheapest_is_the_smallest_window_under_budget_else_the_lowest_cost():
     assert linearize.cheapest(arms[::-1], '') == {('a', 0): 4, ('a', 1): 16, ('b', 0): 0}
 
 
+def test_sweep_figure_has_a_panel_per_order_and_a_line_per_arm_and_stage():
+    arms = [dict(arm=arm, order=order, k=k, n=3, delta_pct=float(k), delta_pct_std=0.5, ft_delta_pct=k / 2,
+                 ft_delta_pct_std=0.1) for arm in ('d6_sd', 'd6_std') for order in ('cascade', 'first')
+            for k in range(3)]
+    args = linearize.parse_args(['--ckpt', 'x', '--finetune_iters', '5', '--dataset', 'd'])
+    axes = linearize.plot(arms, args, 64, ['', 'ft_']).axes
+    assert [ax.get_title() for ax in axes] == ['order: first', 'order: cascade']   # ORDERS' order
+    for ax in axes:
+        names = [line.get_label() for line in ax.get_lines()][:4]
+        assert names == ['S−D, no LN (×√d), n=3', 'S−D, no LN (×√d), healed 5 it, n=3',
+                         'standard + LN, n=3', 'standard + LN, healed 5 it, n=3']
+
+
 def test_per_layer_table_and_the_sweep_with_the_cheapest_fixes(tmp_path, data_root, ckpts, fake_erank):
     paths = []
     for seed in (1, 2):   # two seeds of one arm: the S−D checkpoint and a perturbed copy
