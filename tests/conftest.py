@@ -18,12 +18,12 @@ if not os.path.exists(SHARED_TEXT):
 
 
 def tokenize(text):
-    """GPT-2 BPE ids via data.get_encoding, renumbered densely (0..n-1 in order of id) so the model's
+    """GPT-2 BPE ids via data.load_encoding, renumbered densely (0..n-1 in order of id) so the model's
     vocabulary stays small; byte ids (vocab 256) if prepare.py or its tokenizer is unavailable.
     Returns (ids as uint16, vocab_size)."""
     try:
-        from data import get_encoding
-        ids = np.array(get_encoding().encode_ordinary(text))
+        from data import load_encoding
+        ids = np.array(load_encoding()[0].encode_ordinary(text))
     except (ImportError, OSError, SystemExit, RuntimeError, AttributeError):
         return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.uint16), 256
     used, ids = np.unique(ids, return_inverse=True)

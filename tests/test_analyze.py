@@ -236,9 +236,9 @@ def test_cli_end_to_end(tmp_path):
     text = tmp_path / 'text.txt'
     text.write_text("The quick brown fox jumps over the lazy dog, again and again.\n\n"
                     "Attention routes information from one token to another.\nA short line here.\n")
-    out, cfg = tmp_path / 'analysis', tmp_path / 'cascade.py'
+    out = tmp_path / 'analysis'
     r = run_cli('--ckpt', str(tmp_path / 'sd_tiny'), '--text_file', str(text), '--num_seqs', '2',
-                '--seq_len', '12', '--out_dir', str(out), '--suggest', str(cfg))
+                '--seq_len', '12', '--out_dir', str(out))
     assert r.returncode == 0, r.stderr
     with open(out / 'heads.csv') as f:
         rows = list(csv.DictReader(f))
@@ -253,14 +253,6 @@ def test_cli_end_to_end(tmp_path):
         assert (out / png).stat().st_size > 1000
     assert not list(out.glob('*.tmp'))
     assert 'sd_tiny' in r.stdout and 'routing' in r.stdout            # the per-layer table
-    # the suggested config is accepted by train.py's configurator and builds a GPT
-    defaults = train_defaults()
-    overrides = configure(defaults, [str(cfg)])
-    assert overrides['attn'] == 'sd' and overrides['norm'] == 'none' and len(overrides['sd_rank']) == 3
-    assert all(1 <= r <= 8 for r in overrides['sd_rank'])
-    keys = ('n_layer', 'n_head', 'n_embd', 'attn', 'norm', 'head_dim', 'sd_rank')
-    model = GPT(GPTConfig(block_size=16, vocab_size=64, **{k: defaults[k] for k in keys}))
-    assert [a.kind for a in model.attention_layers()] == ['sd'] * 3
 
 
 def test_main_hf_dirs(tmp_path, tiny_gpt2, tiny_bert, capsys):
@@ -297,7 +289,7 @@ def test_main_hf_dirs(tmp_path, tiny_gpt2, tiny_bert, capsys):
 
 
 def test_main_dataset(tmp_path):
-    """--dataset: sequences from a prepared val split (uint16 ids), with --suggest from the data level."""
+    """--dataset: sequences from a prepared val split (uint16 ids), cut to the model's block_size."""
     import numpy as np
     os.makedirs(tmp_path / 'data' / 'tiny')
     np.random.default_rng(0).integers(0, 64, 500).astype(np.uint16).tofile(tmp_path / 'data' / 'tiny' /
@@ -305,22 +297,13 @@ def test_main_dataset(tmp_path):
     save_ckpt(str(tmp_path / 'm' / 'ckpt.pt'), GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2,
                                                          n_embd=32))
     args = ['--ckpt', str(tmp_path / 'm'), '--dataset', 'tiny', '--data_root', str(tmp_path / 'data'),
-            '--num_seqs', '3', '--seq_len', '24', '--out_dir', str(tmp_path / 'o'), '--suggest',
-            str(tmp_path / 'c.py')]
+            '--num_seqs', '3', '--seq_len', '24', '--out_dir', str(tmp_path / 'o')]
     analyze.main(args)
     with open(tmp_path / 'o' / 'heads.csv') as f:
         data_rows = [r for r in csv.DictReader(f) if r['level'] == 'data']
     assert len(data_rows) == 4 and all(float(r['n']) == 16 for r in data_rows)   # cut to block_size
-    assert 'interaction A' in (tmp_path / 'c.py').read_text()                # derived from the data level
-    analyze.main(args + ['--allocate', 'width'])   # width follows the cascade: the most-routing layer: 16
-    overrides = configure(train_defaults(), [str(tmp_path / 'c.py')])
-    summary = json.loads((tmp_path / 'o' / 'summary.json').read_text())['models']['m']
-    summary = summary['data']['routing_erank']['mean']
-    e = [round(x, 2) for x in summary]   # suggest_config's rounding
-    assert overrides['head_dim'] == [max(8, 8 * round(16 * x / max(e) / 8)) for x in e]
-    assert 16 in overrides['head_dim'] and 'sd_rank' not in overrides
     with pytest.raises(SystemExit, match='not enough'):
-        analyze.main(args[:-2] + ['--seq_len', '600'])
+        analyze.main(args + ['--seq_len', '600'])
 
 
 def test_cli_one_line_errors(tmp_path):   # an unknown hub name (offline) and a random file, in one process
@@ -334,7 +317,7 @@ def test_cli_one_line_errors(tmp_path):   # an unknown hub name (offline) and a 
     assert not (tmp_path / 'o' / 'heads.csv').exists()
 
 
-@pytest.mark.parametrize('argv', [[], ['--ckpt', 'a', '--suggest', '/no/such/dir/c.py'],
+@pytest.mark.parametrize('argv', [[], ['--ckpt', 'a', '--out_dir', '/proc/no/such/dir'],
                                   ['--ckpt', 'a', '--text_file', 't', '--dataset', 'd'],
                                   ['--ckpt', 'a', '--bogus']])
 def test_bad_arguments_are_one_line_errors(argv):

