@@ -285,7 +285,7 @@ def analyse(name, source, hf, args):
                          f"tokenizer")
     layers = gpt_layers(module) if isinstance(module, GPT) else hf_layers(module)
     L, (H, _, n_embd) = len(layers), layers[0]['W_q'].shape
-    rows = sum(map_layers(lambda j: weight_rows(name, layers[j], j), range(L)), [])
+    rows = [r for rs in map_layers(lambda j: weight_rows(name, layers[j], j), range(L)) for r in rs]
     if seqs:
         with tqdm(total=L * len(seqs), desc=f'{name} on text', unit='layer', dynamic_ncols=True) as bar:
             rows += data_rows(name, [w['kind'] for w in layers], module, seqs, bar)

@@ -145,8 +145,8 @@ def analysis(a):
             fast[m].append(dt)
             dt, ref = timed(lambda: kernel_metrics_naive(ws[0]['W_q'][:k], ws[0]['W_k'][:k]), clock)
             naive[m].append(dt / k * len(ws) * ws[0]['W_q'].size(0))   # the first k heads of layer 0, scaled
-            err = max([err] + [((fm[key][:k] - v).abs() / v.abs().clamp_min(1)).max().item()
-                               for key, v in ref.items()])   # relative, on the k heads of the reference
+            err = max(err, *(((fm[key][:k] - v).abs() / v.abs().clamp_min(1)).max().item()
+                             for key, v in ref.items()))   # relative, on the k heads of the reference
     rows = [dict(model=m, heads=L * H, d_model=n, fast_s=statistics.median(fast[m]),
                  naive_s=statistics.median(naive[m])) for m, (L, H, n) in a['shapes'].items()]
     heads, fast_s, naive_s = (sum(r[key] for r in rows) for key in ('heads', 'fast_s', 'naive_s'))

@@ -105,7 +105,7 @@ def transfer(model, layers, train, args, block_size):
 
 def measure(model, layers, window, batches, train, args, block_size, heal=False):
     """Val loss with `layers` switched at `window` (int or {layer: w}): as switched, after attention transfer,
-    with heal after LM healing (AdamW on seeded train batches, of a copy); the trained model back after."""
+    and if heal, after LM healing (AdamW on seeded train batches) of a copy; the trained model back after."""
     model.linearize(layers, window)
     out = {'val_loss': evaluate(model, batches)}
     if args.transfer_iters:

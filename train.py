@@ -34,7 +34,7 @@ data_root = 'data'                  # where prepare.py wrote the datasets
 gradient_accumulation_steps = 40    # global: divided among DDP processes
 batch_size = 12                     # micro-batch per process
 block_size = 1024                   # context length
-# model: every field of model.GPTConfig but vocab_size, with its default (see there), but no biases
+# model: GPTConfig's fields and defaults (see there; block_size above, vocab_size from the data), no bias
 model_defaults = {f.name: f.default for f in fields(GPTConfig) if f.name != 'vocab_size'}
 globals().update({k: v for k, v in model_defaults.items() if k != 'block_size'})
 bias = False                        # biases in Linear layers and LayerNorms (GPTConfig's True is GPT-2's)
